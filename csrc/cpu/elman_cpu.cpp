@@ -1,0 +1,154 @@
+// CPU implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward.
+//
+// Forward:  Y = X @ W_ih^T + (b_ih + b_hh)         one GEMM for all steps and both directions
+//           then per direction, step by step:  h_t = act(Y_t + h_{t-1} @ W_hh^T), written over Y_t
+// Backward: per direction, step by step:       dZ_t = (dh + dY_t) * act'(h_t),  dh <- dZ_t @ W_hh
+//           then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, db = sum dZ, dX = dZ W_ih: a few GEMMs.
+// The two directions of a bidirectional layer are independent and run on two threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "../elman_layer_args.h"
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace rnnkern::cpu {
+namespace {
+
+using at::Tensor;
+
+void check_cpu(const char* op, const Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), op, ": expected CPU tensors, got ", input.device());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": the CPU kernels support float32 and float64, got ", input.scalar_type());
+}
+
+// Runs fn(d) for each direction; both directions at once when there are two and threads to spare.
+template <typename Fn>
+void for_each_direction(int64_t directions, const Fn& fn) {
+  if (directions == 2 && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t d = begin; d < end; ++d) fn(d);
+    });
+  } else {
+    for (int64_t d = 0; d < directions; ++d) fn(d);
+  }
+}
+
+Tensor stack_directions(const LayerShape& s, at::TensorList w, const Tensor& (*role)(at::TensorList, const LayerShape&, int64_t)) {
+  if (s.directions == 1) return role(w, s, 0);
+  return at::cat({role(w, s, 0), role(w, s, 1)});
+}
+
+Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
+
+std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx,
+                                           at::TensorList weights,
+                                           const std::optional<Tensor>& batch_sizes, bool relu) {
+  constexpr const char* op = "rnnkern::elman_layer";
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  check_cpu(op, input);
+  const SequenceLayout& L = s.layout;
+  const int64_t H = s.hidden, D = s.directions;
+
+  const Tensor x = input.reshape({L.total_rows, s.input_size});
+  const Tensor w_ih = stack_directions(s, weights, weight_ih);
+  Tensor out;
+  if (s.has_bias) {
+    const Tensor bias = stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
+    out = at::addmm(bias, x, w_ih.t());
+  } else {
+    out = at::mm(x, w_ih.t());
+  }
+  Tensor h_n = hx.contiguous().clone();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "elman_layer_cpu", [&] {
+    const Kernels<scalar_t>& k = kernels<scalar_t>();
+    for_each_direction(D, [&](int64_t d) {
+      Tensor state = h_n.select(0, d);
+      forward_direction<scalar_t>(k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
+                                  Columns<scalar_t>{out.data_ptr<scalar_t>() + d * H, D * H}, out,
+                                  d * H, state);
+    });
+  });
+  if (!s.packed) out = out.view({L.steps, L.batch, D * H});
+  return {out, h_n};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes, bool relu,
+    std::array<bool, 3> output_mask) {
+  constexpr const char* op = "rnnkern::elman_layer_backward";
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  check_cpu(op, input);
+  const SequenceLayout& L = s.layout;
+  const int64_t H = s.hidden, D = s.directions, N = L.total_rows;
+  const std::vector<int64_t> out_shape =
+      s.packed ? std::vector<int64_t>{N, D * H} : std::vector<int64_t>{L.steps, L.batch, D * H};
+  TORCH_CHECK(output.sizes() == c10::IntArrayRef(out_shape) &&
+                  grad_output.sizes() == c10::IntArrayRef(out_shape),
+              op, ": output and grad_output must have shape ", c10::IntArrayRef(out_shape), ", got ",
+              output.sizes(), " and ", grad_output.sizes());
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), op, ": grad_h_n must have the shape of hx ", hx.sizes(),
+              ", got ", grad_h_n.sizes());
+  for (const Tensor* t : {&grad_output, &grad_h_n, &output})
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
+                ": gradients and output must match input's dtype and device");
+  const auto [need_input, need_hx, need_weights] = output_mask;
+
+  const Tensor x = input.reshape({N, s.input_size});
+  const Tensor y = output.reshape({N, D * H}).contiguous();
+  const Tensor dy = grad_output.reshape({N, D * H}).contiguous();
+  Tensor dz = at::empty({N, D * H}, input.options());
+  Tensor dhx = grad_h_n.contiguous().clone();
+
+  std::vector<Tensor> grad_weights;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "elman_layer_backward_cpu", [&] {
+    const Kernels<scalar_t>& k = kernels<scalar_t>();
+    for_each_direction(D, [&](int64_t d) {
+      Tensor dstate = dhx.select(0, d);
+      backward_direction<scalar_t>(
+          k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
+          Columns<const scalar_t>{dy.data_ptr<scalar_t>() + d * H, D * H},
+          Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
+          Columns<scalar_t>{dz.data_ptr<scalar_t>() + d * H, D * H}, dz, d * H, dstate);
+    });
+    if (!need_weights) return;
+    const Tensor h0 = hx.contiguous();
+    for (int64_t d = 0; d < D; ++d) {
+      const Tensor dz_d = dz.narrow(1, d * H, H);
+      Tensor prev = at::empty({N, H}, input.options());
+      gather_previous_states<scalar_t>(L, /*reverse=*/d == 1,
+                                       Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
+                                       h0.select(0, d).data_ptr<scalar_t>(), H, prev.data_ptr<scalar_t>());
+      grad_weights.push_back(at::mm(dz_d.t(), x));
+      grad_weights.push_back(at::mm(dz_d.t(), prev));
+      if (s.has_bias) {
+        Tensor db = dz_d.sum(0);
+        grad_weights.push_back(db.clone());
+        grad_weights.push_back(db);
+      }
+    }
+  });
+
+  Tensor grad_input = need_input ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
+                                 : at::empty({0}, input.options());
+  if (!need_hx) dhx = at::empty({0}, input.options());
+  return {grad_input, dhx, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkern, CPU, m) {
+  m.impl("elman_layer", &elman_layer_cpu);
+  m.impl("elman_layer_backward", &elman_layer_backward_cpu);
+}
+
+}  // namespace rnnkern::cpu

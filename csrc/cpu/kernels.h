@@ -1,0 +1,56 @@
+// The per-step CPU kernels of the Elman recurrence, as a table of function pointers.
+//
+// Each instruction set (AVX2+FMA, and a portable generic build) fills one table from the same templated
+// code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU supports, once.
+// The drivers in elman_cpu.cpp only ever see this header.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnkern::cpu {
+
+enum class Activation : int { kTanh = 0, kRelu = 1 };
+
+// What rows_times_matrix does with the product P = x @ m of its operands.
+enum class Epilogue : int {
+  kStore = 0,          // out = P
+  kAddActivate = 1,    // out = act(out + P): one forward step, out holding the input projection
+};
+
+template <typename T>
+struct Kernels {
+  const char* isa;   // "avx2" or "generic"
+  int64_t width;     // SIMD lanes; matrices passed as `m` have rows padded to a multiple of this
+
+  // out[r, 0:n] (op)= x[r, 0:k] @ m[0:k, 0:n] for r < rows. `m` is row-major with row stride
+  // m_stride >= round_up(n, width) and readable (zero) padding past n. Row-blocked so each load of
+  // `m` feeds several rows of x: this is the small-batch mat-vec of the recurrence.
+  void (*rows_times_matrix)(Epilogue epilogue, Activation act, int64_t rows, const T* x,
+                            int64_t x_stride, int64_t k, const T* m, int64_t m_stride, int64_t n,
+                            T* out, int64_t out_stride);
+
+  // y[r, 0:n] = act(y[r, 0:n]) in place (after a BLAS step on large batches).
+  void (*activate_rows)(Activation act, int64_t rows, int64_t n, T* y, int64_t y_stride);
+
+  // dz[r, 0:n] = (dh[r, 0:n] + dy[r, 0:n]) * act'(y[r, 0:n]), where act' is written in terms of the
+  // activation's output y: 1 - y^2 for tanh, [y > 0] for relu (as ATen's tanh/threshold backward).
+  void (*activation_backward_rows)(Activation act, int64_t rows, int64_t n, const T* dh,
+                                   int64_t dh_stride, const T* dy, int64_t dy_stride, const T* y,
+                                   int64_t y_stride, T* dz, int64_t dz_stride);
+};
+
+// The tables one instruction set provides (defined in kernels_<isa>.cpp).
+const Kernels<float>& generic_kernels_f32();
+const Kernels<double>& generic_kernels_f64();
+#if defined(__x86_64__) || defined(_M_X64)
+#define RNNKERN_HAVE_AVX2_KERNELS 1
+const Kernels<float>& avx2_kernels_f32();
+const Kernels<double>& avx2_kernels_f64();
+#endif
+
+// The table for this CPU: AVX2+FMA where the processor has it, generic otherwise. The environment
+// variable RNNKERN_CPU_ISA=generic forces the generic table (tests use it to cover both).
+template <typename T>
+const Kernels<T>& kernels();
+
+}  // namespace rnnkern::cpu

@@ -1,0 +1,148 @@
+// The per-step kernels, written once against a vector policy V (vec_avx2.h or vec_generic.h).
+// Included inside an instruction-set namespace by kernels_<isa>.cpp, which instantiates
+// make_kernels<V>() to fill its table; nothing here has external linkage.
+#pragma once
+
+// One register block of rows_times_matrix: R rows of x against C vectors of m's columns, starting at
+// column `col`, with the R*C accumulators kept in registers for the whole k loop. Every load of m
+// feeds R fused multiply-adds, which is what makes small batches cheaper than R separate mat-vecs.
+// `valid` is how many of the C*W columns exist (only the last block of a row may be short).
+template <class V, int R, int C>
+inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
+                         int64_t k, const typename V::T* m, int64_t m_stride,
+                         typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
+  using Reg = typename V::Reg;
+  constexpr int W = V::kWidth;
+  Reg acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+
+  const typename V::T* mp = m + col;
+  for (int64_t i = 0; i < k; ++i, mp += m_stride) {
+    Reg w[C];
+    for (int c = 0; c < C; ++c) w[c] = V::load(mp + c * W);
+    for (int r = 0; r < R; ++r) {
+      const Reg xv = V::broadcast(x[r * x_stride + i]);
+      for (int c = 0; c < C; ++c) acc[r][c] = V::fmadd(xv, w[c], acc[r][c]);
+    }
+  }
+
+  for (int r = 0; r < R; ++r) {
+    typename V::T* o = out + r * out_stride + col;
+    for (int c = 0; c < C; ++c) {
+      const int64_t lanes = valid - c * W;
+      if (lanes <= 0) break;
+      Reg v = acc[r][c];
+      if (epilogue == Epilogue::kAddActivate) {
+        v = V::add(v, lanes >= W ? V::load(o + c * W) : V::load_partial(o + c * W, lanes));
+        v = act == Activation::kTanh ? V::tanh(v) : V::relu(v);
+      }
+      if (lanes >= W)
+        V::store(o + c * W, v);
+      else
+        V::store_partial(o + c * W, v, lanes);
+    }
+  }
+}
+
+// Row-block sizes chosen so R*C accumulators plus C loaded vectors and one broadcast fit in the 16
+// vector registers of AVX2: every k-iteration then issues C loads for R*C FMAs.
+template <int R>
+constexpr int columns_per_block() {
+  return R == 1 ? 8 : R == 2 ? 6 : R == 3 ? 4 : 3;
+}
+
+template <class V, int R>
+void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride, int64_t k,
+                const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
+                int64_t out_stride) {
+  constexpr int C = columns_per_block<R>();
+  constexpr int64_t kBlockCols = C * V::kWidth;
+  int64_t col = 0;
+  for (; col + kBlockCols <= n; col += kBlockCols)
+    matrix_block<V, R, C>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col,
+                          kBlockCols);
+  // The remaining columns: one narrower block, its last vector possibly partial.
+  const int64_t rest = n - col;
+  if (rest <= 0) return;
+  const int64_t vectors = (rest + V::kWidth - 1) / V::kWidth;
+  auto narrow = [&](auto c_tag) {
+    constexpr int Cn = decltype(c_tag)::value;
+    matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, rest);
+  };
+  switch (vectors) {
+    case 1: narrow(std::integral_constant<int, 1>{}); break;
+    case 2: narrow(std::integral_constant<int, 2>{}); break;
+    case 3: narrow(std::integral_constant<int, 3>{}); break;
+    case 4: narrow(std::integral_constant<int, 4>{}); break;
+    case 5: narrow(std::integral_constant<int, 5>{}); break;
+    case 6: narrow(std::integral_constant<int, 6>{}); break;
+    case 7: narrow(std::integral_constant<int, 7>{}); break;
+    default: break;  // unreachable: rest < kBlockCols <= 8 vectors
+  }
+}
+
+template <class V>
+void rows_times_matrix(Epilogue epilogue, Activation act, int64_t rows, const typename V::T* x,
+                       int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
+                       int64_t n, typename V::T* out, int64_t out_stride) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    rows_block<V, 4>(epilogue, act, x + r * x_stride, x_stride, k, m, m_stride, n,
+                     out + r * out_stride, out_stride);
+  const typename V::T* xr = x + r * x_stride;
+  typename V::T* outr = out + r * out_stride;
+  switch (rows - r) {
+    case 3: rows_block<V, 3>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
+    case 2: rows_block<V, 2>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
+    case 1: rows_block<V, 1>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
+    default: break;
+  }
+}
+
+template <class V>
+void activate_rows(Activation act, int64_t rows, int64_t n, typename V::T* y, int64_t y_stride) {
+  constexpr int W = V::kWidth;
+  for (int64_t r = 0; r < rows; ++r) {
+    typename V::T* p = y + r * y_stride;
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+      const auto v = V::load(p + j);
+      V::store(p + j, act == Activation::kTanh ? V::tanh(v) : V::relu(v));
+    }
+    if (j < n) {
+      const auto v = V::load_partial(p + j, n - j);
+      V::store_partial(p + j, act == Activation::kTanh ? V::tanh(v) : V::relu(v), n - j);
+    }
+  }
+}
+
+template <class V>
+void activation_backward_rows(Activation act, int64_t rows, int64_t n, const typename V::T* dh,
+                              int64_t dh_stride, const typename V::T* dy, int64_t dy_stride,
+                              const typename V::T* y, int64_t y_stride, typename V::T* dz,
+                              int64_t dz_stride) {
+  constexpr int W = V::kWidth;
+  auto one = [&](int64_t r, int64_t j, int64_t lanes) {
+    const bool full = lanes >= W;
+    auto ld = [&](const typename V::T* p) { return full ? V::load(p) : V::load_partial(p, lanes); };
+    const auto g = V::add(ld(dh + r * dh_stride + j), ld(dy + r * dy_stride + j));
+    const auto yv = ld(y + r * y_stride + j);
+    const auto d = act == Activation::kTanh ? V::tanh_backward(g, yv) : V::relu_backward(g, yv);
+    if (full)
+      V::store(dz + r * dz_stride + j, d);
+    else
+      V::store_partial(dz + r * dz_stride + j, d, lanes);
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t j = 0;
+    for (; j + W <= n; j += W) one(r, j, W);
+    if (j < n) one(r, j, n - j);
+  }
+}
+
+template <class V>
+Kernels<typename V::T> make_kernels(const char* isa) {
+  return Kernels<typename V::T>{isa, V::kWidth, &rows_times_matrix<V>, &activate_rows<V>,
+                                &activation_backward_rows<V>};
+}

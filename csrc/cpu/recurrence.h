@@ -1,0 +1,139 @@
+// The sequential part of one direction of one layer, forward and backward, on the CPU.
+//
+// Everything outside the time loop (the input projection, the weight gradients, dX) is a few large
+// GEMMs in elman_cpu.cpp. What is here must go step by step: per step, one (rows x H) @ (H x H)
+// product and an elementwise activation or its derivative, fused into one pass where the kernels
+// allow it. Two ways to do the product:
+//   - registers: the row-blocked kernel of kernels_impl.h, W_hh kept hot in L1/L2, no per-step
+//     dispatch at all. Small batches (the latency-bound case nn.RNN is worst at).
+//   - BLAS: at::addmm_/at::mm_out per step, which wins once each step is a real matrix product.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../elman_layer_args.h"
+#include "kernels.h"
+
+namespace rnnkern::cpu {
+
+// The largest batch for which the register-blocked kernel runs the recurrence; beyond it, BLAS.
+// Chosen from benchmarks/speed_table.py on the 2-core AVX2 machine (see PERFORMANCE.md).
+constexpr int64_t kMaxRegisterBatch = 16;
+
+inline bool use_register_kernel(const SequenceLayout& layout) {
+  return layout.batch <= kMaxRegisterBatch;
+}
+
+// Where one direction's columns sit in a 2-D (N, D*H) buffer.
+template <typename T>
+struct Columns {
+  T* data;     // first element of this direction's first row
+  int64_t ld;  // row stride (D*H)
+  T* row(int64_t r) const { return data + r * ld; }
+};
+
+// A row-major matrix padded to a multiple of `width` columns, as rows_times_matrix reads it.
+template <typename T>
+std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t width, bool transpose) {
+  const int64_t padded_cols = (cols + width - 1) / width * width;
+  std::vector<T> m(static_cast<size_t>(rows * padded_cols), T(0));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      m[i * padded_cols + j] = transpose ? src[j * rows + i] : src[i * cols + j];
+  return m;
+}
+
+inline int64_t padded(int64_t n, int64_t width) { return (n + width - 1) / width * width; }
+
+// The step taken at position s of processing order: forward runs t = 0..T-1, reverse T-1..0.
+inline int64_t step_at(const SequenceLayout& L, bool reverse, int64_t s) {
+  return reverse ? L.steps - 1 - s : s;
+}
+
+// Forward recurrence. `out` holds the input projection (with both biases) on entry and h_t on exit;
+// `state` (B x H, contiguous) holds h0 on entry and h_n on exit (a finished sequence keeps its last
+// state, which is nn.RNN's h_n for packed input).
+template <typename T>
+void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
+                       const at::Tensor& w_hh, Columns<T> out, const at::Tensor& out_2d,
+                       int64_t col, at::Tensor& state) {
+  const int64_t H = w_hh.size(0);
+  T* S = state.data_ptr<T>();
+  if (use_register_kernel(L)) {
+    const std::vector<T> wt =
+        padded_matrix(w_hh.contiguous().data_ptr<T>(), H, H, k.width, /*transpose=*/true);
+    const int64_t wt_stride = padded(H, k.width);
+    for (int64_t s = 0; s < L.steps; ++s) {
+      const int64_t t = step_at(L, reverse, s);
+      T* y = out.row(L.offset[t]);
+      k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], S, H, H, wt.data(), wt_stride, H, y,
+                          out.ld);
+      for (int64_t r = 0; r < L.rows[t]; ++r) std::memcpy(S + r * H, y + r * out.ld, H * sizeof(T));
+    }
+    return;
+  }
+  const at::Tensor wt = w_hh.t();
+  for (int64_t s = 0; s < L.steps; ++s) {
+    const int64_t t = step_at(L, reverse, s);
+    const int64_t n = L.rows[t];
+    at::Tensor y = out_2d.narrow(0, L.offset[t], n).narrow(1, col, H);
+    y.addmm_(state.narrow(0, 0, n), wt);
+    T* yp = out.row(L.offset[t]);
+    k.activate_rows(act, n, H, yp, out.ld);
+    for (int64_t r = 0; r < n; ++r) std::memcpy(S + r * H, yp + r * out.ld, H * sizeof(T));
+  }
+}
+
+// Backward recurrence (BPTT), visiting the steps in the reverse of processing order:
+//   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh
+// `dstate` (B x H) holds dL/dh_n on entry and dL/dh0 on exit; rows of sequences that are not running
+// at a step keep their gradient untouched, exactly as their state was kept untouched going forward.
+template <typename T>
+void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
+                        const at::Tensor& w_hh, Columns<const T> grad_out, Columns<const T> out,
+                        Columns<T> dz, const at::Tensor& dz_2d, int64_t col, at::Tensor& dstate) {
+  const int64_t H = w_hh.size(0);
+  T* dS = dstate.data_ptr<T>();
+  const bool registers = use_register_kernel(L);
+  const std::vector<T> w = registers ? padded_matrix(w_hh.contiguous().data_ptr<T>(), H, H, k.width,
+                                                     /*transpose=*/false)
+                                     : std::vector<T>();
+  const int64_t w_stride = padded(H, k.width);
+  for (int64_t s = L.steps - 1; s >= 0; --s) {
+    const int64_t t = step_at(L, reverse, s);
+    const int64_t n = L.rows[t];
+    const int64_t first = L.offset[t];
+    k.activation_backward_rows(act, n, H, dS, H, grad_out.row(first), grad_out.ld, out.row(first),
+                               out.ld, dz.row(first), dz.ld);
+    if (registers) {
+      k.rows_times_matrix(Epilogue::kStore, act, n, dz.row(first), dz.ld, H, w.data(), w_stride, H, dS,
+                          H);
+    } else {
+      at::Tensor dstate_rows = dstate.narrow(0, 0, n);
+      at::mm_out(dstate_rows, dz_2d.narrow(0, first, n).narrow(1, col, H), w_hh);
+    }
+  }
+}
+
+// The state each step of one direction started from (h0, or the previous step's output), as an
+// (N x H) matrix aligned with the rows of dZ, so that dW_hh is one GEMM: dZ^T @ H_prev.
+template <typename T>
+void gather_previous_states(const SequenceLayout& L, bool reverse, Columns<const T> out,
+                            const T* h0, int64_t H, T* prev) {
+  for (int64_t t = 0; t < L.steps; ++t) {
+    const int64_t n = L.rows[t];
+    // The step before t in processing order, and how many of its rows carry on into t.
+    const int64_t before = reverse ? t + 1 : t - 1;
+    const int64_t carried = (before >= 0 && before < L.steps) ? std::min(n, L.rows[before]) : 0;
+    T* dst = prev + L.offset[t] * H;
+    for (int64_t r = 0; r < carried; ++r)
+      std::memcpy(dst + r * H, out.row(L.offset[before] + r), H * sizeof(T));
+    if (n > carried) std::memcpy(dst + carried * H, h0 + carried * H, (n - carried) * H * sizeof(T));
+  }
+}
+
+}  // namespace rnnkern::cpu

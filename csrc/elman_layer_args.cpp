@@ -1,0 +1,106 @@
+#include "elman_layer_args.h"
+
+#include <c10/util/Exception.h>
+
+#include <sstream>
+#include <string>
+
+namespace rnnkern {
+namespace {
+
+std::string shape_str(c10::IntArrayRef sizes) {
+  std::ostringstream s;
+  s << sizes;
+  return s.str();
+}
+
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
+                std::vector<int64_t> expected) {
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have the dtype of input (",
+              input.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the device of input (",
+              input.device(), "), got ", t.device());
+  TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, " must have shape ",
+              shape_str(expected), ", got ", shape_str(t.sizes()));
+}
+
+SequenceLayout packed_layout(const char* op, const at::Tensor& batch_sizes, int64_t total_rows) {
+  TORCH_CHECK(batch_sizes.dim() == 1, op, ": batch_sizes must be 1-D, got ", batch_sizes.dim(), "-D");
+  TORCH_CHECK(batch_sizes.scalar_type() == at::kLong, op, ": batch_sizes must be int64, got ",
+              batch_sizes.scalar_type());
+  TORCH_CHECK(batch_sizes.device().is_cpu(), op, ": batch_sizes must be on the CPU (as in a ",
+              "PackedSequence), got ", batch_sizes.device());
+  const at::Tensor bs = batch_sizes.contiguous();
+  const int64_t* b = bs.data_ptr<int64_t>();
+  SequenceLayout layout;
+  layout.steps = bs.numel();
+  layout.batch = layout.steps > 0 ? b[0] : 0;
+  layout.rows.resize(layout.steps);
+  layout.offset.resize(layout.steps);
+  int64_t offset = 0;
+  for (int64_t t = 0; t < layout.steps; ++t) {
+    TORCH_CHECK(b[t] >= 1, op, ": batch_sizes must be positive, got ", b[t], " at step ", t);
+    TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": batch_sizes must be non-increasing (sequences ",
+                "sorted by decreasing length, as pack_padded_sequence makes them), got ", b[t - 1],
+                " then ", b[t], " at step ", t);
+    layout.rows[t] = b[t];
+    layout.offset[t] = offset;
+    offset += b[t];
+  }
+  TORCH_CHECK(offset == total_rows, op, ": batch_sizes sum to ", offset,
+              " but the packed input has ", total_rows, " rows");
+  layout.total_rows = total_rows;
+  return layout;
+}
+
+SequenceLayout dense_layout(int64_t steps, int64_t batch) {
+  SequenceLayout layout;
+  layout.steps = steps;
+  layout.batch = batch;
+  layout.total_rows = steps * batch;
+  layout.rows.assign(steps, batch);
+  layout.offset.resize(steps);
+  for (int64_t t = 0; t < steps; ++t) layout.offset[t] = t * batch;
+  return layout;
+}
+
+}  // namespace
+
+LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                            at::TensorList weights, const std::optional<at::Tensor>& batch_sizes) {
+  TORCH_CHECK(input.is_floating_point(), op, ": input must be a floating-point tensor, got ",
+              input.scalar_type());
+  LayerShape s;
+  s.packed = batch_sizes.has_value();
+  TORCH_CHECK(input.dim() == (s.packed ? 2 : 3), op, ": input must be ",
+              s.packed ? "2-D (rows, input_size) with batch_sizes" : "3-D (seq_len, batch, input_size)",
+              ", got shape ", shape_str(input.sizes()));
+  TORCH_CHECK(hx.dim() == 3, op, ": hx must be 3-D (num_directions, batch, hidden_size), got shape ",
+              shape_str(hx.sizes()));
+  s.directions = hx.size(0);
+  TORCH_CHECK(s.directions == 1 || s.directions == 2, op,
+              ": hx.size(0) is the number of directions and must be 1 or 2, got ", s.directions);
+  s.hidden = hx.size(2);
+  s.input_size = input.size(-1);
+
+  const int64_t n = static_cast<int64_t>(weights.size());
+  TORCH_CHECK(n == 2 * s.directions || n == 4 * s.directions, op, ": expected ", 2 * s.directions,
+              " weights (weight_ih, weight_hh per direction) or ", 4 * s.directions,
+              " (with bias_ih, bias_hh), got ", n);
+  s.has_bias = n == 4 * s.directions;
+
+  s.layout = s.packed ? packed_layout(op, *batch_sizes, input.size(0))
+                      : dense_layout(input.size(0), input.size(1));
+  check_like(op, "hx", hx, input, {s.directions, s.layout.batch, s.hidden});
+  for (int64_t d = 0; d < s.directions; ++d) {
+    check_like(op, "weight_ih", weight_ih(weights, s, d), input, {s.hidden, s.input_size});
+    check_like(op, "weight_hh", weight_hh(weights, s, d), input, {s.hidden, s.hidden});
+    if (s.has_bias) {
+      check_like(op, "bias_ih", bias_ih(weights, s, d), input, {s.hidden});
+      check_like(op, "bias_hh", bias_hh(weights, s, d), input, {s.hidden});
+    }
+  }
+  return s;
+}
+
+}  // namespace rnnkern

@@ -1,0 +1,62 @@
+// Argument checking and the sequence layout shared by every implementation of the rnnkern operators.
+//
+// One layer of an Elman RNN, both directions when bidirectional, is one call:
+//   input       (T, B, I) dense, or (N, I) packed with batch_sizes (T,) as in a PackedSequence
+//   hx          (D, B, H)               D = 1, or 2 when bidirectional
+//   weights     per direction d: weight_ih (H, I), weight_hh (H, H)[, bias_ih (H), bias_hh (H)],
+//               in nn.RNN's _flat_weights order
+//   batch_sizes int64 on the CPU, non-increasing, batch_sizes[0] == B, summing to N
+//
+// The dense layout is the packed one with every step holding all B rows, so the kernels handle one
+// layout: step t owns rows [offset[t], offset[t] + rows[t]) of the 2-D (N, .) view, and those rows
+// are the first rows[t] sequences of the batch.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace rnnkern {
+
+struct SequenceLayout {
+  int64_t steps = 0;            // T
+  int64_t batch = 0;            // B
+  int64_t total_rows = 0;       // N = sum of rows
+  std::vector<int64_t> rows;    // rows[t]: sequences still running at step t (non-increasing)
+  std::vector<int64_t> offset;  // offset[t]: the first row of step t
+};
+
+struct LayerShape {
+  int64_t directions = 1;  // D
+  int64_t hidden = 0;      // H
+  int64_t input_size = 0;  // I
+  bool has_bias = false;
+  bool packed = false;
+  SequenceLayout layout;
+
+  int64_t weights_per_direction() const { return has_bias ? 4 : 2; }
+};
+
+// Checks every argument of elman_layer (shapes, dtypes, devices, batch_sizes) and raises a
+// c10::Error that names the argument, what was expected and what came. `op` prefixes the message.
+LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                            at::TensorList weights, const std::optional<at::Tensor>& batch_sizes);
+
+// The weights of direction d, by role.
+inline const at::Tensor& weight_ih(at::TensorList w, const LayerShape& s, int64_t d) {
+  return w[d * s.weights_per_direction()];
+}
+inline const at::Tensor& weight_hh(at::TensorList w, const LayerShape& s, int64_t d) {
+  return w[d * s.weights_per_direction() + 1];
+}
+inline const at::Tensor& bias_ih(at::TensorList w, const LayerShape& s, int64_t d) {
+  return w[d * s.weights_per_direction() + 2];
+}
+inline const at::Tensor& bias_hh(at::TensorList w, const LayerShape& s, int64_t d) {
+  return w[d * s.weights_per_direction() + 3];
+}
+
+}  // namespace rnnkern

@@ -1,0 +1,28 @@
+// The rnnkern operators: declared once here, implemented per device (cpu/elman_cpu.cpp; CUDA later),
+// with autograd and fake-tensor (meta) support added in Python (rnnkern/_ops.py).
+//
+// Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is
+// (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See elman_layer_args.h.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include "cpu/kernels.h"
+
+TORCH_LIBRARY(rnnkern, m) {
+  m.def(
+      "elman_layer(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, bool relu)"
+      " -> (Tensor output, Tensor h_n)");
+  m.def(
+      "elman_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx,"
+      " Tensor[] weights, Tensor output, Tensor? batch_sizes, bool relu, bool[3] output_mask)"
+      " -> (Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+}
+
+// The Python module only has to exist (importing it runs the registrations above); it also tells
+// which CPU kernels this process uses.
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "rnnkern's compiled operators (registered under torch.ops.rnnkern)";
+  module.def(
+      "cpu_isa", [] { return std::string(rnnkern::cpu::kernels<float>().isa); },
+      "The instruction set of the CPU kernels in use: 'avx2' or 'generic'.");
+}

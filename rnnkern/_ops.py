@@ -1,0 +1,93 @@
+"""The rnnkern operators as Python sees them: fake-tensor shapes and autograd for the compiled ops.
+
+The operators are declared once in csrc/ops.cpp (``torch.ops.rnnkern.elman_layer`` and its backward)
+and implemented per device in csrc/. This module adds what the dispatcher needs on top:
+
+- a fake (meta) implementation of each op, so torch.compile and FakeTensor can trace them without
+  running a kernel;
+- the autograd formula of elman_layer, which calls the fused BPTT op elman_layer_backward.
+
+Nothing here computes; the kernels do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (importing the extension registers the operators)
+
+elman_layer_op = torch.ops.rnnkern.elman_layer.default
+elman_layer_backward_op = torch.ops.rnnkern.elman_layer_backward.default
+
+# Devices and dtypes with a compiled kernel in this build. Anything else is run by torch's own RNN.
+KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64)}
+
+
+def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this build of rnnkern has a fused kernel for tensors of this device and dtype."""
+    return dtype in KERNEL_DTYPES.get(device.type, ())
+
+
+@torch.library.register_fake("rnnkern::elman_layer")
+def _elman_layer_fake(
+    input: Tensor, hx: Tensor, weights: Sequence[Tensor], batch_sizes: Tensor | None, relu: bool
+) -> tuple[Tensor, Tensor]:
+    directions, _, hidden = hx.shape
+    output = input.new_empty((*input.shape[:-1], directions * hidden))
+    return output, hx.new_empty(hx.shape)
+
+
+@torch.library.register_fake("rnnkern::elman_layer_backward")
+def _elman_layer_backward_fake(
+    grad_output: Tensor,
+    grad_h_n: Tensor,
+    input: Tensor,
+    hx: Tensor,
+    weights: Sequence[Tensor],
+    output: Tensor,
+    batch_sizes: Tensor | None,
+    relu: bool,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    need_input, need_hx, need_weights = output_mask
+    grad_input = input.new_empty(input.shape if need_input else (0,))
+    grad_hx = hx.new_empty(hx.shape if need_hx else (0,))
+    grad_weights = [w.new_empty(w.shape) for w in weights] if need_weights else []
+    return grad_input, grad_hx, grad_weights
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, hx, weights, batch_sizes, relu = inputs
+    ctx.relu = relu
+    ctx.save_for_backward(input, hx, output[0], batch_sizes, *weights)
+
+
+def _backward(ctx, grad_output: Tensor, grad_h_n: Tensor):
+    input, hx, output, batch_sizes, *weights = ctx.saved_tensors
+    need_input, need_hx, need_weight = ctx.needs_input_grad[:3]
+    grad_input, grad_hx, grad_weights = elman_layer_backward_op(
+        grad_output,
+        grad_h_n,
+        input,
+        hx,
+        weights,
+        output,
+        batch_sizes,
+        ctx.relu,
+        [need_input, need_hx, any(need_weight)],
+    )
+    return (
+        grad_input if need_input else None,
+        grad_hx if need_hx else None,
+        [g if need else None for g, need in zip(grad_weights, need_weight)]
+        if any(need_weight)
+        else [None] * len(weights),
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("rnnkern::elman_layer", _backward, setup_context=_setup_context)

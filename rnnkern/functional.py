@@ -1,0 +1,70 @@
+"""Functional form of the Elman RNN: a stack of fused layers, as torch.nn.RNN computes it.
+
+``elman_rnn`` is what ``rnnkern.RNN.forward`` calls once it has normalised its arguments: it runs
+one ``rnnkern::elman_layer`` operator per layer (both directions in one call) and applies
+inter-layer dropout exactly where nn.RNN does, on the same tensor shapes, so that with the same
+random seed the dropout masks are the same as nn.RNN's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ops import elman_layer_op
+
+
+def elman_layer(
+    input: Tensor,
+    hx: Tensor,
+    weights: Sequence[Tensor],
+    batch_sizes: Tensor | None = None,
+    nonlinearity: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """One Elman layer, one or two directions, in one fused call.
+
+    Args:
+        input: ``(L, N, H_in)``, or ``(rows, H_in)`` packed data when ``batch_sizes`` is given.
+        hx: ``(D, N, H_out)`` initial state, D = 2 for a bidirectional layer.
+        weights: per direction ``weight_ih, weight_hh[, bias_ih, bias_hh]`` (nn.RNN's order).
+        batch_sizes: a PackedSequence's batch sizes, or None for dense input.
+        nonlinearity: ``'tanh'`` or ``'relu'``.
+
+    Returns:
+        ``(output, h_n)``: output ``(L, N, D * H_out)`` (or ``(rows, D * H_out)`` packed), and
+        h_n ``(D, N, H_out)``.
+    """
+    return elman_layer_op(input, hx, list(weights), batch_sizes, nonlinearity == "relu")
+
+
+def elman_rnn(
+    input: Tensor,
+    hx: Tensor,
+    flat_weights: Sequence[Tensor],
+    num_layers: int,
+    bidirectional: bool,
+    nonlinearity: str,
+    dropout: float,
+    training: bool,
+    batch_sizes: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """A stack of Elman layers on sequence-first (or packed) input, nn.RNN's ``_VF.rnn_tanh`` contract.
+
+    ``flat_weights`` is nn.RNN's ``_flat_weights`` list and ``hx`` is ``(num_layers * D, N, H)``.
+    """
+    directions = 2 if bidirectional else 1
+    per_layer = len(flat_weights) // num_layers
+    layer_input = input
+    finals = []
+    for layer in range(num_layers):
+        weights = flat_weights[layer * per_layer : (layer + 1) * per_layer]
+        layer_hx = hx[layer * directions : (layer + 1) * directions]
+        output, h_n = elman_layer(layer_input, layer_hx, weights, batch_sizes, nonlinearity)
+        finals.append(h_n)
+        if dropout > 0 and training and layer < num_layers - 1:
+            output = F.dropout(output, dropout, training=True)
+        layer_input = output
+    return layer_input, finals[0] if num_layers == 1 else torch.cat(finals, 0)

@@ -1,0 +1,133 @@
+"""Builds rnnkern and its compiled extension rnnkern._C.
+
+The C++ sources in csrc/ (the operator schemas and the CPU kernels) are always built. CUDA sources
+(csrc/cuda/*.cu) are added when this torch is a CUDA build and nvcc is found; the decision does not
+depend on a GPU being visible (CI builds the CUDA code on machines without one).
+
+Environment:
+  RNNKERN_NO_CUDA=1        build the CPU part only, even with a CUDA torch and nvcc
+  CUDA_HOME                the CUDA toolkit (default: /usr/local/cuda, else the one holding nvcc)
+  TORCH_CUDA_ARCH_LIST     GPU architectures (default: "8.0;9.0+PTX")
+  MAX_JOBS                 parallel compile jobs (ninja)
+  RNNKERN_DEBUG=1          -O0 -g
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent.resolve()
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def _import_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        sys.exit(
+            "rnnkern builds against the installed torch. Install torch first, then build without "
+            "build isolation:\n  pip install torch && pip install --no-build-isolation -e ."
+        )
+    import torch
+
+    return torch
+
+
+def find_cuda_home() -> Path | None:
+    """The CUDA toolkit to build with: CUDA_HOME, /usr/local/cuda, or the one nvcc belongs to."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "bin" / "nvcc").exists():
+            return Path(candidate)
+    return None
+
+
+def cuda_library_includes() -> list[str]:
+    """Headers of the CUDA libraries ATen's CUDA headers include (cublas_v2.h, cusparse.h, ...).
+
+    pip's CUDA torch carries them in site-packages/nvidia/<...>/include rather than in the toolkit.
+    """
+    dirs = []
+    for entry in sys.path:
+        nvidia = Path(entry) / "nvidia"
+        if nvidia.is_dir():
+            dirs += sorted(str(p) for p in nvidia.glob("*/include") if p.is_dir())
+    return dirs
+
+
+def build_with_cuda(torch, cuda_sources: list[str]) -> Path | None:
+    if not cuda_sources or os.environ.get("RNNKERN_NO_CUDA") == "1" or torch.version.cuda is None:
+        return None
+    return find_cuda_home()
+
+
+def extension_modules():
+    torch = _import_torch()
+    from torch.utils import cpp_extension
+
+    debug = os.environ.get("RNNKERN_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    # Warnings are errors in our code only: torch's headers go in as system headers (GCC then ignores
+    # the -I cpp_extension also adds for them).
+    system_includes = [f"-isystem{p}" for p in cpp_extension.include_paths()]
+    cxx_flags = [*opt, "-fopenmp", "-Wall", "-Wextra", "-Werror", *system_includes]
+
+    cuda_home = build_with_cuda(torch, cuda_sources)
+    if cuda_home is None:
+        return [
+            cpp_extension.CppExtension(
+                "rnnkern._C",
+                cxx_sources,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+
+    # torch.utils.cpp_extension reads these at import; set them before it builds anything.
+    os.environ["CUDA_HOME"] = str(cuda_home)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    cpp_extension.CUDA_HOME = str(cuda_home)
+    return [
+        cpp_extension.CUDAExtension(
+            "rnnkern._C",
+            cxx_sources + cuda_sources,
+            include_dirs=cuda_library_includes(),
+            extra_compile_args={
+                "cxx": [*cxx_flags, "-DRNNKERN_WITH_CUDA"],
+                "nvcc": [*opt, "-DRNNKERN_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"],
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+def cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="rnnkern",
+    version="0.1.0",
+    description="Fused Elman RNN kernels for PyTorch: a drop-in, faster torch.nn.RNN",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["rnnkern", "rnnkern.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "numpy"],
+    ext_modules=extension_modules(),
+    cmdclass=cmdclass(),
+    zip_safe=False,
+)
