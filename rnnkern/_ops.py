@@ -23,7 +23,10 @@ elman_layer_op = torch.ops.rnnkern.elman_layer.default
 elman_layer_backward_op = torch.ops.rnnkern.elman_layer_backward.default
 
 # Devices and dtypes with a compiled kernel in this build. Anything else is run by torch's own RNN.
-KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64)}
+KERNEL_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "meta": (torch.float32, torch.float64),  # shapes only, from the fake implementations below
+}
 
 
 def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:

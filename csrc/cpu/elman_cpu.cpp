@@ -34,6 +34,8 @@ template <typename Fn>
 void for_each_direction(int64_t directions, const Fn& fn) {
   if (directions == 2 && at::get_num_threads() > 1 && !at::in_parallel_region()) {
     at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      // Worker threads do not inherit the caller's thread-local dispatch state.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
       for (int64_t d = begin; d < end; ++d) fn(d);
     });
   } else {
@@ -52,6 +54,7 @@ std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx
                                            at::TensorList weights,
                                            const std::optional<Tensor>& batch_sizes, bool relu) {
   constexpr const char* op = "rnnkern::elman_layer";
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner ATen calls are not recorded
   const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
   check_cpu(op, input);
   const SequenceLayout& L = s.layout;
@@ -86,6 +89,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
     at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes, bool relu,
     std::array<bool, 3> output_mask) {
   constexpr const char* op = "rnnkern::elman_layer_backward";
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
   check_cpu(op, input);
   const SequenceLayout& L = s.layout;

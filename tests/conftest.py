@@ -1,0 +1,43 @@
+"""Shared helpers: pairs of modules with identical weights, and per-dtype tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnkern
+
+# Tolerances against torch.nn.RNN: the only differences are float rounding (summation order, tanh).
+TOL = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-11, "rtol": 1e-9}}
+GRAD_TOL = {torch.float32: {"atol": 1e-4, "rtol": 1e-3}, torch.float64: {"atol": 1e-10, "rtol": 1e-8}}
+
+
+def rnn_pair(dtype=torch.float32, seed=0, **config) -> tuple[nn.RNN, rnnkern.RNN]:
+    """A torch.nn.RNN and an rnnkern.RNN with the same configuration and the same weights."""
+    torch.manual_seed(seed)
+    theirs = nn.RNN(**config, dtype=dtype)
+    ours = rnnkern.RNN(**config, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def grads(outputs, inputs) -> list[torch.Tensor | None]:
+    """d(sum of outputs weighted by fixed random cotangents)/d(inputs); None where unused."""
+    gen = torch.Generator().manual_seed(1234)
+    total = 0
+    for out in outputs:
+        total = total + (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum()
+    return list(torch.autograd.grad(total, inputs, allow_unused=True))
+
+
+def assert_close(actual, expected, tol, what=""):
+    torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield

@@ -1,0 +1,125 @@
+"""rnnkern.RNN against torch.nn.RNN with the same weights: outputs, h_n and every gradient."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
+
+
+def random_configs(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    configs = []
+    for _ in range(count):
+        configs.append(
+            dict(
+                input_size=rng.choice([1, 3, 8, 17]),
+                hidden_size=rng.choice([1, 5, 8, 16, 33, 64, 100]),
+                num_layers=rng.choice([1, 2, 3]),
+                nonlinearity=rng.choice(["tanh", "relu"]),
+                bias=rng.choice([True, False]),
+                batch_first=rng.choice([True, False]),
+                bidirectional=rng.choice([True, False]),
+                seq_len=rng.choice([1, 2, 7, 30]),
+                batch=rng.choice([1, 2, 3, 5, 16, 17, 40]),
+                dtype=rng.choice([torch.float32, torch.float64]),
+                with_h0=rng.choice([True, False]),
+            )
+        )
+    return configs
+
+
+def split(config: dict):
+    module_args = {k: config[k] for k in ("input_size", "hidden_size", "num_layers", "nonlinearity",
+                                          "bias", "batch_first", "bidirectional")}
+    return module_args, config["seq_len"], config["batch"], config["dtype"], config["with_h0"]
+
+
+CONFIGS = random_configs(48, seed=2)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(
+    f"{k[:3]}{v}" for k, v in c.items() if k != "dtype") + f"-{str(c['dtype'])[6:]}")
+def test_matches_nn_rnn(config):
+    module_args, seq_len, batch, dtype, with_h0 = split(config)
+    theirs, ours = rnn_pair(dtype=dtype, **module_args)
+    directions = 2 if module_args["bidirectional"] else 1
+    shape = (batch, seq_len) if module_args["batch_first"] else (seq_len, batch)
+    x = torch.randn(*shape, module_args["input_size"], dtype=dtype, requires_grad=True)
+    h0 = torch.randn(module_args["num_layers"] * directions, batch, module_args["hidden_size"],
+                     dtype=dtype, requires_grad=True)
+    args = (x, h0) if with_h0 else (x,)
+
+    out_t, hn_t = theirs(*args)
+    out_o, hn_o = ours(*args)
+    assert out_o.shape == out_t.shape and hn_o.shape == hn_t.shape
+    assert_close(out_o, out_t, TOL[dtype], "output")
+    assert_close(hn_o, hn_t, TOL[dtype], "h_n")
+
+    inputs_t = [x, h0, *theirs.parameters()] if with_h0 else [x, *theirs.parameters()]
+    inputs_o = [x, h0, *ours.parameters()] if with_h0 else [x, *ours.parameters()]
+    for name, g_o, g_t in zip(["x", "h0", "params"], grads((out_o, hn_o), inputs_o),
+                              grads((out_t, hn_t), inputs_t)):
+        assert_close(g_o, g_t, GRAD_TOL[dtype], f"grad {name}")
+
+
+@pytest.mark.parametrize("batch", [1, 4, 15, 16, 17, 33])
+@pytest.mark.parametrize("hidden", [7, 64, 130])
+def test_batch_thresholds(batch, hidden):
+    """Both recurrence paths (register-blocked small batch, BLAS large batch) and their boundary."""
+    theirs, ours = rnn_pair(input_size=5, hidden_size=hidden, bidirectional=True)
+    x = torch.randn(9, batch, 5, requires_grad=True)
+    out_t, hn_t = theirs(x)
+    out_o, hn_o = ours(x)
+    assert_close(out_o, out_t, TOL[torch.float32], "output")
+    assert_close(hn_o, hn_t, TOL[torch.float32], "h_n")
+    for g_o, g_t in zip(grads((out_o, hn_o), [x, *ours.parameters()]),
+                        grads((out_t, hn_t), [x, *theirs.parameters()])):
+        assert_close(g_o, g_t, GRAD_TOL[torch.float32], "grad")
+
+
+def test_long_sequence_float32():
+    theirs, ours = rnn_pair(input_size=4, hidden_size=32)
+    x = torch.randn(2000, 2, 4)
+    assert_close(ours(x)[0], theirs(x)[0], {"atol": 1e-4, "rtol": 1e-4}, "output")
+
+
+def test_only_h_n_used_and_only_output_used():
+    """Autograd materialises the unused output's gradient; both halves must still be right."""
+    theirs, ours = rnn_pair(input_size=3, hidden_size=8, num_layers=2)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    for pick in (0, 1):
+        g_o = torch.autograd.grad(ours(x)[pick].sum(), [x, *ours.parameters()])
+        g_t = torch.autograd.grad(theirs(x)[pick].sum(), [x, *theirs.parameters()])
+        for a, b in zip(g_o, g_t):
+            assert_close(a, b, GRAD_TOL[torch.float32], f"grad via output {pick}")
+
+
+def test_dropout_matches_nn_rnn_masks():
+    """Same seed, same dropout masks: dropout is applied where and how nn.RNN applies it."""
+    theirs, ours = rnn_pair(input_size=4, hidden_size=16, num_layers=3, dropout=0.5)
+    x = torch.randn(7, 3, 4)
+    torch.manual_seed(5)
+    out_t, hn_t = theirs(x)
+    torch.manual_seed(5)
+    out_o, hn_o = ours(x)
+    assert_close(out_o, out_t, TOL[torch.float32], "output with dropout")
+    assert_close(hn_o, hn_t, TOL[torch.float32], "h_n with dropout")
+    # and dropout is really on: a different seed changes the result
+    torch.manual_seed(6)
+    assert not torch.allclose(ours(x)[0], out_o)
+    # and off in eval mode
+    ours.eval()
+    theirs.eval()
+    assert_close(ours(x)[0], theirs(x)[0], TOL[torch.float32], "eval output")
+
+
+def test_saturating_and_growing_inputs():
+    for nonlinearity, scale in (("tanh", 30.0), ("relu", 3.0)):
+        theirs, ours = rnn_pair(input_size=6, hidden_size=24, nonlinearity=nonlinearity)
+        x = scale * torch.randn(20, 3, 6, dtype=torch.float32)
+        out_t, _ = theirs(x)
+        out_o, _ = ours(x)
+        torch.testing.assert_close(out_o, out_t, rtol=1e-4, atol=1e-4)
