@@ -16,8 +16,8 @@ std::string shape_str(c10::IntArrayRef sizes) {
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
                 std::vector<int64_t> expected) {
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have the dtype of input (",
-              input.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name,
+              " must have the dtype of input (", input.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the device of input (",
               input.device(), "), got ", t.device());
   TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, " must have shape ",
@@ -25,7 +25,8 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const at:
 }
 
 SequenceLayout packed_layout(const char* op, const at::Tensor& batch_sizes, int64_t total_rows) {
-  TORCH_CHECK(batch_sizes.dim() == 1, op, ": batch_sizes must be 1-D, got ", batch_sizes.dim(), "-D");
+  TORCH_CHECK(batch_sizes.dim() == 1, op, ": batch_sizes must be 1-D, got ", batch_sizes.dim(),
+              "-D");
   TORCH_CHECK(batch_sizes.scalar_type() == at::kLong, op, ": batch_sizes must be int64, got ",
               batch_sizes.scalar_type());
   TORCH_CHECK(batch_sizes.device().is_cpu(), op, ": batch_sizes must be on the CPU (as in a ",
@@ -72,10 +73,12 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
               input.scalar_type());
   LayerShape s;
   s.packed = batch_sizes.has_value();
-  TORCH_CHECK(input.dim() == (s.packed ? 2 : 3), op, ": input must be ",
-              s.packed ? "2-D (rows, input_size) with batch_sizes" : "3-D (seq_len, batch, input_size)",
-              ", got shape ", shape_str(input.sizes()));
-  TORCH_CHECK(hx.dim() == 3, op, ": hx must be 3-D (num_directions, batch, hidden_size), got shape ",
+  TORCH_CHECK(
+      input.dim() == (s.packed ? 2 : 3), op, ": input must be ",
+      s.packed ? "2-D (rows, input_size) with batch_sizes" : "3-D (seq_len, batch, input_size)",
+      ", got shape ", shape_str(input.sizes()));
+  TORCH_CHECK(hx.dim() == 3, op,
+              ": hx must be 3-D (num_directions, batch, hidden_size), got shape ",
               shape_str(hx.sizes()));
   s.directions = hx.size(0);
   TORCH_CHECK(s.directions == 1 || s.directions == 2, op,

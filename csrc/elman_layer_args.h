@@ -1,4 +1,5 @@
-// Argument checking and the sequence layout shared by every implementation of the rnnkern operators.
+// Argument checking and the sequence layout shared by every implementation of the rnnkern
+// operators.
 //
 // One layer of an Elman RNN, both directions when bidirectional, is one call:
 //   input       (T, B, I) dense, or (N, I) packed with batch_sizes (T,) as in a PackedSequence

@@ -1,5 +1,5 @@
-// The rnnkern operators: declared once here, implemented per device (cpu/elman_cpu.cpp; CUDA later),
-// with autograd and fake-tensor (meta) support added in Python (rnnkern/_ops.py).
+// The rnnkern operators: declared once here, implemented per device (cpu/elman_cpu.cpp; CUDA
+// later), with autograd and fake-tensor (meta) support added in Python (rnnkern/_ops.py).
 //
 // Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is
 // (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See elman_layer_args.h.

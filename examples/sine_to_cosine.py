@@ -76,7 +76,9 @@ def main() -> None:
     print(f"training {type(model.rnn).__module__}.{type(model.rnn).__name__} on sin -> cos")
     start = time.perf_counter()
     losses = train(model, args.steps, log_every=100)
-    print(f"final loss {losses[-1]:.6f} after {args.steps} steps ({time.perf_counter() - start:.2f} s)")
+    print(
+        f"final loss {losses[-1]:.6f} after {args.steps} steps ({time.perf_counter() - start:.2f} s)"
+    )
 
     x, y, xs = window(args.steps)
     with torch.no_grad():

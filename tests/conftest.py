@@ -11,7 +11,10 @@ import rnnkern
 
 # Tolerances against torch.nn.RNN: the only differences are float rounding (summation order, tanh).
 TOL = {torch.float32: {"atol": 2e-5, "rtol": 1e-4}, torch.float64: {"atol": 1e-11, "rtol": 1e-9}}
-GRAD_TOL = {torch.float32: {"atol": 1e-4, "rtol": 1e-3}, torch.float64: {"atol": 1e-10, "rtol": 1e-8}}
+GRAD_TOL = {
+    torch.float32: {"atol": 1e-4, "rtol": 1e-3},
+    torch.float64: {"atol": 1e-10, "rtol": 1e-8},
+}
 
 
 def rnn_pair(dtype=torch.float32, seed=0, **config) -> tuple[nn.RNN, rnnkern.RNN]:

@@ -22,8 +22,9 @@ class Regressor(nn.Module):
 
 def test_compile_fullgraph_forward_and_backward():
     torch._dynamo.reset()
-    _, ours = rnn_pair(input_size=3, hidden_size=16, num_layers=2, bidirectional=True,
-                       batch_first=True)
+    _, ours = rnn_pair(
+        input_size=3, hidden_size=16, num_layers=2, bidirectional=True, batch_first=True
+    )
     model = Regressor(ours)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(4, 9, 3, requires_grad=True)

@@ -11,25 +11,64 @@ import rnnkern
 
 BAD_RNN_CALLS = [
     # (name, input, hx, exception type, message pattern)
-    ("wrong feature size", torch.randn(5, 2, 4), None, RuntimeError, "input_size. Expected 3, got 4"),
-    ("wrong h0 batch", torch.randn(5, 2, 3), torch.randn(2, 3, 8), RuntimeError,
-     r"Expected hidden size \(2, 2, 8\), got \[2, 3, 8\]"),
-    ("wrong h0 layers", torch.randn(5, 2, 3), torch.randn(1, 2, 8), RuntimeError,
-     r"Expected hidden size \(2, 2, 8\)"),
-    ("wrong h0 rank", torch.randn(5, 2, 3), torch.randn(2, 8), RuntimeError, "hx should also be 3-D"),
-    ("unbatched with 3-D h0", torch.randn(5, 3), torch.randn(2, 1, 8), RuntimeError,
-     "hx should also be 2-D"),
+    (
+        "wrong feature size",
+        torch.randn(5, 2, 4),
+        None,
+        RuntimeError,
+        "input_size. Expected 3, got 4",
+    ),
+    (
+        "wrong h0 batch",
+        torch.randn(5, 2, 3),
+        torch.randn(2, 3, 8),
+        RuntimeError,
+        r"Expected hidden size \(2, 2, 8\), got \[2, 3, 8\]",
+    ),
+    (
+        "wrong h0 layers",
+        torch.randn(5, 2, 3),
+        torch.randn(1, 2, 8),
+        RuntimeError,
+        r"Expected hidden size \(2, 2, 8\)",
+    ),
+    (
+        "wrong h0 rank",
+        torch.randn(5, 2, 3),
+        torch.randn(2, 8),
+        RuntimeError,
+        "hx should also be 3-D",
+    ),
+    (
+        "unbatched with 3-D h0",
+        torch.randn(5, 3),
+        torch.randn(2, 1, 8),
+        RuntimeError,
+        "hx should also be 2-D",
+    ),
     ("4-D input", torch.randn(5, 2, 3, 1), None, ValueError, "2-D .* or 3-D .* got a 4-D"),
     ("1-D input", torch.randn(5), None, ValueError, "got a 1-D"),
-    ("float64 input, float32 module", torch.randn(5, 2, 3, dtype=torch.float64), None, ValueError,
-     "dtype"),
+    (
+        "float64 input, float32 module",
+        torch.randn(5, 2, 3, dtype=torch.float64),
+        None,
+        ValueError,
+        "dtype",
+    ),
     ("integer input", torch.randint(0, 5, (5, 2, 3)), None, ValueError, "dtype"),
-    ("h0 dtype", torch.randn(5, 2, 3), torch.randn(2, 2, 8, dtype=torch.float64), RuntimeError,
-     "hx has dtype torch.float64 but input has torch.float32"),
+    (
+        "h0 dtype",
+        torch.randn(5, 2, 3),
+        torch.randn(2, 2, 8, dtype=torch.float64),
+        RuntimeError,
+        "hx has dtype torch.float64 but input has torch.float32",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, x, hx, error, pattern", BAD_RNN_CALLS, ids=[c[0] for c in BAD_RNN_CALLS])
+@pytest.mark.parametrize(
+    "name, x, hx, error, pattern", BAD_RNN_CALLS, ids=[c[0] for c in BAD_RNN_CALLS]
+)
 def test_bad_rnn_input_raises_clear_error(name, x, hx, error, pattern):
     theirs, ours = rnn_pair(input_size=3, hidden_size=8, num_layers=2)
     with pytest.raises(error, match=pattern):
@@ -48,15 +87,29 @@ def test_packed_h0_of_wrong_batch():
 
 
 BAD_CELL_CALLS = [
-    ("wrong feature size", torch.randn(2, 5), None, RuntimeError, "input has 5 features, expected input_size=3"),
-    ("wrong hx", torch.randn(2, 3), torch.randn(3, 4), RuntimeError, r"hx must have shape \[2, 4\]"),
+    (
+        "wrong feature size",
+        torch.randn(2, 5),
+        None,
+        RuntimeError,
+        "input has 5 features, expected input_size=3",
+    ),
+    (
+        "wrong hx",
+        torch.randn(2, 3),
+        torch.randn(3, 4),
+        RuntimeError,
+        r"hx must have shape \[2, 4\]",
+    ),
     ("3-D input", torch.randn(2, 3, 1), None, ValueError, "got a 3-D"),
     ("3-D hx", torch.randn(2, 3), torch.randn(1, 2, 4), ValueError, "hx to be 1-D"),
     ("dtype", torch.randn(2, 3, dtype=torch.float64), None, ValueError, "dtype"),
 ]
 
 
-@pytest.mark.parametrize("name, x, hx, error, pattern", BAD_CELL_CALLS, ids=[c[0] for c in BAD_CELL_CALLS])
+@pytest.mark.parametrize(
+    "name, x, hx, error, pattern", BAD_CELL_CALLS, ids=[c[0] for c in BAD_CELL_CALLS]
+)
 def test_bad_cell_input_raises_clear_error(name, x, hx, error, pattern):
     cell = rnnkern.RNNCell(3, 4)
     with pytest.raises(error, match=pattern):

@@ -18,7 +18,10 @@ def test_gradcheck_layer_op(nonlinearity, bidirectional, bias):
     hx = torch.randn(D, B, H, dtype=torch.float64, requires_grad=True)
     weights = []
     for _ in range(D):
-        weights += [torch.randn(H, I, dtype=torch.float64) * 0.4, torch.randn(H, H, dtype=torch.float64) * 0.4]
+        weights += [
+            torch.randn(H, I, dtype=torch.float64) * 0.4,
+            torch.randn(H, H, dtype=torch.float64) * 0.4,
+        ]
         if bias:
             weights += [torch.randn(H, dtype=torch.float64), torch.randn(H, dtype=torch.float64)]
     weights = [w.requires_grad_() for w in weights]
@@ -31,19 +34,22 @@ def test_gradcheck_layer_op(nonlinearity, bidirectional, bias):
 
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_gradcheck_module_stack(batch_first):
-    rnn = rnnkern.RNN(3, 5, num_layers=2, bidirectional=True, batch_first=batch_first,
-                      dtype=torch.float64)
+    rnn = rnnkern.RNN(
+        3, 5, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=torch.float64
+    )
     x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 2 if not batch_first else 4, 5, dtype=torch.float64)
-    h0 = torch.randn(4, x.shape[0] if batch_first else x.shape[1], 5, dtype=torch.float64,
-                     requires_grad=True)
+    h0 = torch.randn(
+        4, x.shape[0] if batch_first else x.shape[1], 5, dtype=torch.float64, requires_grad=True
+    )
     names = [n for n, _ in rnn.named_parameters()]
 
     def fn(x, h0, *params):
         out, h_n = torch.func.functional_call(rnn, dict(zip(names, params)), (x, h0))
         return out, h_n
 
-    assert torch.autograd.gradcheck(fn, (x, h0, *[p.detach().requires_grad_() for p in rnn.parameters()]))
+    assert torch.autograd.gradcheck(
+        fn, (x, h0, *[p.detach().requires_grad_() for p in rnn.parameters()])
+    )
 
 
 def test_gradcheck_packed():

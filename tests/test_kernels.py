@@ -27,8 +27,9 @@ def activation_of_bias(values: torch.Tensor, batch: int, nonlinearity: str) -> t
     n = values.numel()
     zeros = torch.zeros(n, n)
     weights = [torch.zeros(n, 1), zeros, values, torch.zeros(n)]
-    out, _ = rnnkern.elman_layer(torch.ones(1, batch, 1), torch.zeros(1, batch, n), weights, None,
-                                 nonlinearity)
+    out, _ = rnnkern.elman_layer(
+        torch.ones(1, batch, 1), torch.zeros(1, batch, n), weights, None, nonlinearity
+    )
     return out[0]
 
 
@@ -46,13 +47,30 @@ def test_tanh_float32_accuracy(batch):
 
 @pytest.mark.parametrize("batch", [1, 40])
 def test_activation_special_values(batch):
-    special = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 1e30, float("inf"),
-                            -float("inf"), float("nan"), 0.625, -0.625, 0.62499])
+    special = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            88.0,
+            -88.0,
+            1e30,
+            float("inf"),
+            -float("inf"),
+            float("nan"),
+            0.625,
+            -0.625,
+            0.62499,
+        ]
+    )
     tanh = activation_of_bias(special, batch, "tanh")
     expected = torch.tanh(special).expand(batch, -1)
     torch.testing.assert_close(tanh, expected, equal_nan=True, atol=0, rtol=2e-7)
     relu = activation_of_bias(special, batch, "relu")
-    torch.testing.assert_close(relu, torch.relu(special).expand(batch, -1), equal_nan=True, atol=0, rtol=0)
+    torch.testing.assert_close(
+        relu, torch.relu(special).expand(batch, -1), equal_nan=True, atol=0, rtol=0
+    )
 
 
 GENERIC_SCRIPT = textwrap.dedent(
@@ -85,8 +103,9 @@ GENERIC_SCRIPT = textwrap.dedent(
 def test_generic_kernels_match_nn_rnn():
     """RNNKERN_CPU_ISA=generic forces the portable kernels, which CPUs without AVX2 run."""
     env = {**os.environ, "RNNKERN_CPU_ISA": "generic"}
-    result = subprocess.run([sys.executable, "-c", GENERIC_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", GENERIC_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "generic ok" in result.stdout
 

@@ -14,11 +14,21 @@ from torch import nn
 import rnnkern
 
 
-@pytest.mark.parametrize("config", [
-    dict(input_size=3, hidden_size=4),
-    dict(input_size=3, hidden_size=4, num_layers=3, bidirectional=True, bias=False),
-    dict(input_size=2, hidden_size=6, num_layers=2, nonlinearity="relu", batch_first=True, dropout=0.2),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(input_size=3, hidden_size=4),
+        dict(input_size=3, hidden_size=4, num_layers=3, bidirectional=True, bias=False),
+        dict(
+            input_size=2,
+            hidden_size=6,
+            num_layers=2,
+            nonlinearity="relu",
+            batch_first=True,
+            dropout=0.2,
+        ),
+    ],
+)
 def test_same_parameters_names_shapes_and_init_as_nn_rnn(config):
     torch.manual_seed(11)
     theirs = nn.RNN(**config)
@@ -50,8 +60,9 @@ def test_state_dict_both_ways():
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_unbatched_input(batch_first, with_h0):
-    theirs, ours = rnn_pair(input_size=3, hidden_size=5, num_layers=2, bidirectional=True,
-                            batch_first=batch_first)
+    theirs, ours = rnn_pair(
+        input_size=3, hidden_size=5, num_layers=2, bidirectional=True, batch_first=batch_first
+    )
     x = torch.randn(6, 3, requires_grad=True)
     h0 = torch.randn(4, 5, requires_grad=True)
     args = (x, h0) if with_h0 else (x,)
@@ -119,7 +130,9 @@ def test_frozen_parameters_and_no_grad():
 def test_input_without_grad_still_trains_weights():
     theirs, ours = rnn_pair(input_size=3, hidden_size=4)
     x = torch.randn(5, 2, 3)
-    for a, b in zip(grads(ours(x), list(ours.parameters())), grads(theirs(x), list(theirs.parameters()))):
+    for a, b in zip(
+        grads(ours(x), list(ours.parameters())), grads(theirs(x), list(theirs.parameters()))
+    ):
         assert_close(a, b, GRAD_TOL[torch.float32], "weight grads")
 
 
@@ -138,8 +151,10 @@ def test_rnn_cell_matches_nn_rnn_cell(nonlinearity, bias):
         assert out_o.shape == out_t.shape
         assert_close(out_o, out_t, TOL[torch.float32], "cell output")
         inputs = [a for a in args]
-        for a, b in zip(grads([out_o], inputs + list(ours.parameters())),
-                        grads([out_t], inputs + list(theirs.parameters()))):
+        for a, b in zip(
+            grads([out_o], inputs + list(ours.parameters())),
+            grads([out_t], inputs + list(theirs.parameters())),
+        ):
             assert_close(a, b, GRAD_TOL[torch.float32], "cell grad")
 
 

@@ -14,11 +14,15 @@ elman_layer_backward = torch.ops.rnnkern.elman_layer_backward.default
 def layer_args(D=1, T=4, B=3, I=5, H=6, bias=True, packed=False, dtype=torch.float32):
     weights = []
     for _ in range(D):
-        weights += [torch.randn(H, I, dtype=dtype, requires_grad=True),
-                    torch.randn(H, H, dtype=dtype, requires_grad=True)]
+        weights += [
+            torch.randn(H, I, dtype=dtype, requires_grad=True),
+            torch.randn(H, H, dtype=dtype, requires_grad=True),
+        ]
         if bias:
-            weights += [torch.randn(H, dtype=dtype, requires_grad=True),
-                        torch.randn(H, dtype=dtype, requires_grad=True)]
+            weights += [
+                torch.randn(H, dtype=dtype, requires_grad=True),
+                torch.randn(H, dtype=dtype, requires_grad=True),
+            ]
     hx = torch.randn(D, B, H, dtype=dtype, requires_grad=True)
     if packed:
         batch_sizes = torch.tensor([B] * 2 + [max(B - 1, 1)] * (T - 2))
@@ -41,8 +45,17 @@ def test_opcheck_backward(D, mask):
     x, hx, weights, batch_sizes, relu = layer_args(D=D)
     with torch.no_grad():
         out, h_n = elman_layer(x, hx, weights, batch_sizes, relu)
-    args = (torch.randn_like(out), torch.randn_like(h_n), x.detach(), hx.detach(),
-            [w.detach() for w in weights], out, batch_sizes, relu, mask)
+    args = (
+        torch.randn_like(out),
+        torch.randn_like(h_n),
+        x.detach(),
+        hx.detach(),
+        [w.detach() for w in weights],
+        out,
+        batch_sizes,
+        relu,
+        mask,
+    )
     torch.library.opcheck(elman_layer_backward, args)
     grad_input, grad_hx, grad_weights = elman_layer_backward(*args)
     assert grad_input.numel() == (x.numel() if mask[0] else 0)
@@ -55,9 +68,17 @@ def test_backward_op_matches_autograd():
     out, h_n = elman_layer(x, hx, weights, None, True)
     g_out, g_hn = torch.randn_like(out), torch.randn_like(h_n)
     expected = torch.autograd.grad((out * g_out).sum() + (h_n * g_hn).sum(), [x, hx, *weights])
-    gi, gh, gw = elman_layer_backward(g_out, g_hn, x.detach(), hx.detach(),
-                                      [w.detach() for w in weights], out.detach(), None, True,
-                                      [True, True, True])
+    gi, gh, gw = elman_layer_backward(
+        g_out,
+        g_hn,
+        x.detach(),
+        hx.detach(),
+        [w.detach() for w in weights],
+        out.detach(),
+        None,
+        True,
+        [True, True, True],
+    )
     for a, b in zip([gi, gh, *gw], expected):
         torch.testing.assert_close(a, b)
 
@@ -86,7 +107,10 @@ def test_op_rejects_bad_batch_sizes(batch_sizes, message):
         (lambda a: a.__setitem__(2, a[2][:3]), "expected 2 weights"),
         (lambda a: a[2].__setitem__(1, torch.randn(6, 5)), "weight_hh must have shape"),
         (lambda a: a[2].__setitem__(0, torch.randn(6, 5, dtype=torch.float64)), "dtype of input"),
-        (lambda a: a.__setitem__(0, torch.randn(4, 3, 5).to(torch.bfloat16)), "dtype of input|float32 and float64"),
+        (
+            lambda a: a.__setitem__(0, torch.randn(4, 3, 5).to(torch.bfloat16)),
+            "dtype of input|float32 and float64",
+        ),
         (lambda a: a.__setitem__(0, torch.randint(0, 3, (4, 3, 5))), "floating-point"),
         (lambda a: a.__setitem__(0, torch.randn(4, 3)), "3-D"),
     ],

@@ -13,8 +13,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_s
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 @pytest.mark.parametrize("batch", [1, 6, 24])
 def test_packed_matches_nn_rnn(bidirectional, num_layers, enforce_sorted, batch):
-    theirs, ours = rnn_pair(input_size=3, hidden_size=10, num_layers=num_layers,
-                            bidirectional=bidirectional)
+    theirs, ours = rnn_pair(
+        input_size=3, hidden_size=10, num_layers=num_layers, bidirectional=bidirectional
+    )
     gen = torch.Generator().manual_seed(batch)
     lengths = torch.randint(1, 9, (batch,), generator=gen)
     if enforce_sorted:
@@ -39,8 +40,10 @@ def test_packed_matches_nn_rnn(bidirectional, num_layers, enforce_sorted, batch)
         assert torch.equal(out_o.sorted_indices, out_t.sorted_indices)
         assert torch.equal(out_o.unsorted_indices, out_t.unsorted_indices)
     inputs = [*seqs, h0]
-    for g_o, g_t in zip(grads((out_o.data, hn_o), inputs + list(ours.parameters())),
-                        grads((out_t.data, hn_t), inputs + list(theirs.parameters()))):
+    for g_o, g_t in zip(
+        grads((out_o.data, hn_o), inputs + list(ours.parameters())),
+        grads((out_t.data, hn_t), inputs + list(theirs.parameters())),
+    ):
         assert_close(g_o, g_t, GRAD_TOL[torch.float32], "grad")
 
 
@@ -65,4 +68,4 @@ def test_packed_equals_padded_runs_of_each_sequence():
         alone, alone_hn = ours(seq[:, None, :])
         assert_close(padded[: len(seq), b], alone[:, 0], TOL[torch.float32], f"sequence {b}")
         assert_close(h_n[:, b], alone_hn[:, 0], TOL[torch.float32], f"h_n {b}")
-        assert torch.all(padded[len(seq):, b] == 0)
+        assert torch.all(padded[len(seq) :, b] == 0)

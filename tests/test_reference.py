@@ -31,7 +31,9 @@ def run_torch(module, x, h0, lengths):
     if lengths is None:
         out, h_n = module(x, h0)
     else:
-        packed, h_n = module(pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False), h0)
+        packed, h_n = module(
+            pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False), h0
+        )
         out, _ = pad_packed_sequence(packed, total_length=x.shape[0])
     gen = torch.Generator().manual_seed(7)
     d_out = torch.randn(out.shape, generator=gen, dtype=out.dtype)
@@ -46,8 +48,14 @@ def run_torch(module, x, h0, lengths):
 
 def run_reference(module, x, h0, lengths, d_out, d_hn, bidirectional, num_layers):
     out, h_n, cache = reference.rnn_forward(
-        x.double().numpy(), h0.double().numpy(), numpy_weights(module), num_layers,
-        bidirectional, module.nonlinearity, None if lengths is None else np.array(lengths))
+        x.double().numpy(),
+        h0.double().numpy(),
+        numpy_weights(module),
+        num_layers,
+        bidirectional,
+        module.nonlinearity,
+        None if lengths is None else np.array(lengths),
+    )
     g = reference.rnn_backward(d_out.double().numpy(), d_hn.double().numpy(), cache)
     return out, h_n, [g["dx"], g["dh0"], *g["d_flat_weights"]]
 
@@ -58,14 +66,22 @@ def test_against_reference(impl, case):
     num_layers, bidirectional, nonlinearity, bias, seq_len, batch, lengths = case
     torch.manual_seed(3)
     cls = torch.nn.RNN if impl == "torch.nn.RNN" else rnnkern.RNN
-    module = cls(4, 6, num_layers, nonlinearity=nonlinearity, bias=bias,
-                 bidirectional=bidirectional, dtype=torch.float64)
+    module = cls(
+        4,
+        6,
+        num_layers,
+        nonlinearity=nonlinearity,
+        bias=bias,
+        bidirectional=bidirectional,
+        dtype=torch.float64,
+    )
     directions = 2 if bidirectional else 1
     x = torch.randn(seq_len, batch, 4, dtype=torch.float64)
     h0 = torch.randn(num_layers * directions, batch, 6, dtype=torch.float64)
     out, h_n, d_out, d_hn, g = run_torch(module, x, h0, lengths)
-    ref_out, ref_hn, ref_g = run_reference(module, x, h0, lengths, d_out, d_hn, bidirectional,
-                                           num_layers)
+    ref_out, ref_hn, ref_g = run_reference(
+        module, x, h0, lengths, d_out, d_hn, bidirectional, num_layers
+    )
     np.testing.assert_allclose(out.detach().numpy(), ref_out, atol=1e-12, rtol=1e-10)
     np.testing.assert_allclose(h_n.detach().numpy(), ref_hn, atol=1e-12, rtol=1e-10)
     names = ["dx", "dh0"] + [n for n, _ in module.named_parameters()]

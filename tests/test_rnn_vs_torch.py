@@ -32,24 +32,44 @@ def random_configs(count: int, seed: int) -> list[dict]:
 
 
 def split(config: dict):
-    module_args = {k: config[k] for k in ("input_size", "hidden_size", "num_layers", "nonlinearity",
-                                          "bias", "batch_first", "bidirectional")}
+    module_args = {
+        k: config[k]
+        for k in (
+            "input_size",
+            "hidden_size",
+            "num_layers",
+            "nonlinearity",
+            "bias",
+            "batch_first",
+            "bidirectional",
+        )
+    }
     return module_args, config["seq_len"], config["batch"], config["dtype"], config["with_h0"]
 
 
 CONFIGS = random_configs(48, seed=2)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(
-    f"{k[:3]}{v}" for k, v in c.items() if k != "dtype") + f"-{str(c['dtype'])[6:]}")
+@pytest.mark.parametrize(
+    "config",
+    CONFIGS,
+    ids=lambda c: (
+        "-".join(f"{k[:3]}{v}" for k, v in c.items() if k != "dtype") + f"-{str(c['dtype'])[6:]}"
+    ),
+)
 def test_matches_nn_rnn(config):
     module_args, seq_len, batch, dtype, with_h0 = split(config)
     theirs, ours = rnn_pair(dtype=dtype, **module_args)
     directions = 2 if module_args["bidirectional"] else 1
     shape = (batch, seq_len) if module_args["batch_first"] else (seq_len, batch)
     x = torch.randn(*shape, module_args["input_size"], dtype=dtype, requires_grad=True)
-    h0 = torch.randn(module_args["num_layers"] * directions, batch, module_args["hidden_size"],
-                     dtype=dtype, requires_grad=True)
+    h0 = torch.randn(
+        module_args["num_layers"] * directions,
+        batch,
+        module_args["hidden_size"],
+        dtype=dtype,
+        requires_grad=True,
+    )
     args = (x, h0) if with_h0 else (x,)
 
     out_t, hn_t = theirs(*args)
@@ -60,8 +80,9 @@ def test_matches_nn_rnn(config):
 
     inputs_t = [x, h0, *theirs.parameters()] if with_h0 else [x, *theirs.parameters()]
     inputs_o = [x, h0, *ours.parameters()] if with_h0 else [x, *ours.parameters()]
-    for name, g_o, g_t in zip(["x", "h0", "params"], grads((out_o, hn_o), inputs_o),
-                              grads((out_t, hn_t), inputs_t)):
+    for name, g_o, g_t in zip(
+        ["x", "h0", "params"], grads((out_o, hn_o), inputs_o), grads((out_t, hn_t), inputs_t)
+    ):
         assert_close(g_o, g_t, GRAD_TOL[dtype], f"grad {name}")
 
 
@@ -75,8 +96,10 @@ def test_batch_thresholds(batch, hidden):
     out_o, hn_o = ours(x)
     assert_close(out_o, out_t, TOL[torch.float32], "output")
     assert_close(hn_o, hn_t, TOL[torch.float32], "h_n")
-    for g_o, g_t in zip(grads((out_o, hn_o), [x, *ours.parameters()]),
-                        grads((out_t, hn_t), [x, *theirs.parameters()])):
+    for g_o, g_t in zip(
+        grads((out_o, hn_o), [x, *ours.parameters()]),
+        grads((out_t, hn_t), [x, *theirs.parameters()]),
+    ):
         assert_close(g_o, g_t, GRAD_TOL[torch.float32], "grad")
 
 

@@ -43,7 +43,8 @@ void for_each_direction(int64_t directions, const Fn& fn) {
   }
 }
 
-Tensor stack_directions(const LayerShape& s, at::TensorList w, const Tensor& (*role)(at::TensorList, const LayerShape&, int64_t)) {
+Tensor stack_directions(const LayerShape& s, at::TensorList w,
+                        const Tensor& (*role)(at::TensorList, const LayerShape&, int64_t)) {
   if (s.directions == 1) return role(w, s, 0);
   return at::cat({role(w, s, 0), role(w, s, 1)});
 }
@@ -64,7 +65,8 @@ std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx
   const Tensor w_ih = stack_directions(s, weights, weight_ih);
   Tensor out;
   if (s.has_bias) {
-    const Tensor bias = stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
+    const Tensor bias =
+        stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
     out = at::addmm(bias, x, w_ih.t());
   } else {
     out = at::mm(x, w_ih.t());
@@ -75,9 +77,9 @@ std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx
     const Kernels<scalar_t>& k = kernels<scalar_t>();
     for_each_direction(D, [&](int64_t d) {
       Tensor state = h_n.select(0, d);
-      forward_direction<scalar_t>(k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
-                                  Columns<scalar_t>{out.data_ptr<scalar_t>() + d * H, D * H}, out,
-                                  d * H, state);
+      forward_direction<scalar_t>(
+          k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
+          Columns<scalar_t>{out.data_ptr<scalar_t>() + d * H, D * H}, out, d * H, state);
     });
   });
   if (!s.packed) out = out.view({L.steps, L.batch, D * H});
@@ -86,8 +88,8 @@ std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
-    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes, bool relu,
-    std::array<bool, 3> output_mask) {
+    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes,
+    bool relu, std::array<bool, 3> output_mask) {
   constexpr const char* op = "rnnkern::elman_layer_backward";
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
@@ -98,10 +100,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
       s.packed ? std::vector<int64_t>{N, D * H} : std::vector<int64_t>{L.steps, L.batch, D * H};
   TORCH_CHECK(output.sizes() == c10::IntArrayRef(out_shape) &&
                   grad_output.sizes() == c10::IntArrayRef(out_shape),
-              op, ": output and grad_output must have shape ", c10::IntArrayRef(out_shape), ", got ",
-              output.sizes(), " and ", grad_output.sizes());
-  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), op, ": grad_h_n must have the shape of hx ", hx.sizes(),
-              ", got ", grad_h_n.sizes());
+              op, ": output and grad_output must have shape ", c10::IntArrayRef(out_shape),
+              ", got ", output.sizes(), " and ", grad_output.sizes());
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), op, ": grad_h_n must have the shape of hx ",
+              hx.sizes(), ", got ", grad_h_n.sizes());
   for (const Tensor* t : {&grad_output, &grad_h_n, &output})
     TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
                 ": gradients and output must match input's dtype and device");
@@ -129,9 +131,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
     for (int64_t d = 0; d < D; ++d) {
       const Tensor dz_d = dz.narrow(1, d * H, H);
       Tensor prev = at::empty({N, H}, input.options());
-      gather_previous_states<scalar_t>(L, /*reverse=*/d == 1,
-                                       Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
-                                       h0.select(0, d).data_ptr<scalar_t>(), H, prev.data_ptr<scalar_t>());
+      gather_previous_states<scalar_t>(
+          L, /*reverse=*/d == 1, Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
+          h0.select(0, d).data_ptr<scalar_t>(), H, prev.data_ptr<scalar_t>());
       grad_weights.push_back(at::mm(dz_d.t(), x));
       grad_weights.push_back(at::mm(dz_d.t(), prev));
       if (s.has_bias) {
@@ -142,8 +144,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
     }
   });
 
-  Tensor grad_input = need_input ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
-                                 : at::empty({0}, input.options());
+  Tensor grad_input = need_input
+                          ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
+                          : at::empty({0}, input.options());
   if (!need_hx) dhx = at::empty({0}, input.options());
   return {grad_input, dhx, grad_weights};
 }

@@ -1,8 +1,8 @@
 // The per-step CPU kernels of the Elman recurrence, as a table of function pointers.
 //
-// Each instruction set (AVX2+FMA, and a portable generic build) fills one table from the same templated
-// code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU supports, once.
-// The drivers in elman_cpu.cpp only ever see this header.
+// Each instruction set (AVX2+FMA, and a portable generic build) fills one table from the same
+// templated code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU
+// supports, once. The drivers in elman_cpu.cpp only ever see this header.
 #pragma once
 
 #include <cstdint>
@@ -13,14 +13,14 @@ enum class Activation : int { kTanh = 0, kRelu = 1 };
 
 // What rows_times_matrix does with the product P = x @ m of its operands.
 enum class Epilogue : int {
-  kStore = 0,          // out = P
-  kAddActivate = 1,    // out = act(out + P): one forward step, out holding the input projection
+  kStore = 0,        // out = P
+  kAddActivate = 1,  // out = act(out + P): one forward step, out holding the input projection
 };
 
 template <typename T>
 struct Kernels {
-  const char* isa;   // "avx2" or "generic"
-  int64_t width;     // SIMD lanes; matrices passed as `m` have rows padded to a multiple of this
+  const char* isa;  // "avx2" or "generic"
+  int64_t width;    // SIMD lanes; matrices passed as `m` have rows padded to a multiple of this
 
   // out[r, 0:n] (op)= x[r, 0:k] @ m[0:k, 0:n] for r < rows. `m` is row-major with row stride
   // m_stride >= round_up(n, width) and readable (zero) padding past n. Row-blocked so each load of

@@ -1,9 +1,10 @@
 // The AVX2+FMA instantiation of the per-step kernels.
 //
 // Only the functions defined between the target pragmas are compiled for AVX2; the rest of the
-// extension is built for the baseline instruction set, and kernels_dispatch.cpp calls into this table
-// only after checking that the CPU has AVX2 and FMA. Everything here has internal linkage, so no
-// AVX2 copy of an inline function can be picked by the linker for code that runs on an older CPU.
+// extension is built for the baseline instruction set, and kernels_dispatch.cpp calls into this
+// table only after checking that the CPU has AVX2 and FMA. Everything here has internal linkage, so
+// no AVX2 copy of an inline function can be picked by the linker for code that runs on an older
+// CPU.
 #include "kernels.h"
 
 #if defined(RNNKERN_HAVE_AVX2_KERNELS)

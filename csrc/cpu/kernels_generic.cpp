@@ -1,4 +1,5 @@
-// The portable instantiation of the per-step kernels: any CPU, compiled for the baseline instruction set.
+// The portable instantiation of the per-step kernels: any CPU, compiled for the baseline
+// instruction set.
 #include <cmath>
 #include <cstdint>
 #include <type_traits>

@@ -3,13 +3,14 @@
 // make_kernels<V>() to fill its table; nothing here has external linkage.
 #pragma once
 
-// One register block of rows_times_matrix: R rows of x against C vectors of m's columns, starting at
-// column `col`, with the R*C accumulators kept in registers for the whole k loop. Every load of m
-// feeds R fused multiply-adds, which is what makes small batches cheaper than R separate mat-vecs.
-// `valid` is how many of the C*W columns exist (only the last block of a row may be short).
+// One register block of rows_times_matrix: R rows of x against C vectors of m's columns, starting
+// at column `col`, with the R*C accumulators kept in registers for the whole k loop. Every load of
+// m feeds R fused multiply-adds, which is what makes small batches cheaper than R separate
+// mat-vecs. `valid` is how many of the C*W columns exist (only the last block of a row may be
+// short).
 template <class V, int R, int C>
-inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
-                         int64_t k, const typename V::T* m, int64_t m_stride,
+inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x,
+                         int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                          typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
   using Reg = typename V::Reg;
   constexpr int W = V::kWidth;
@@ -53,8 +54,8 @@ constexpr int columns_per_block() {
 }
 
 template <class V, int R>
-void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride, int64_t k,
-                const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
+void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
+                int64_t k, const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
                 int64_t out_stride) {
   constexpr int C = columns_per_block<R>();
   constexpr int64_t kBlockCols = C * V::kWidth;
@@ -71,14 +72,29 @@ void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64
     matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, rest);
   };
   switch (vectors) {
-    case 1: narrow(std::integral_constant<int, 1>{}); break;
-    case 2: narrow(std::integral_constant<int, 2>{}); break;
-    case 3: narrow(std::integral_constant<int, 3>{}); break;
-    case 4: narrow(std::integral_constant<int, 4>{}); break;
-    case 5: narrow(std::integral_constant<int, 5>{}); break;
-    case 6: narrow(std::integral_constant<int, 6>{}); break;
-    case 7: narrow(std::integral_constant<int, 7>{}); break;
-    default: break;  // unreachable: rest < kBlockCols <= 8 vectors
+    case 1:
+      narrow(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      narrow(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      narrow(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      narrow(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      narrow(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      narrow(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      narrow(std::integral_constant<int, 7>{});
+      break;
+    default:
+      break;  // unreachable: rest < kBlockCols <= 8 vectors
   }
 }
 
@@ -93,10 +109,17 @@ void rows_times_matrix(Epilogue epilogue, Activation act, int64_t rows, const ty
   const typename V::T* xr = x + r * x_stride;
   typename V::T* outr = out + r * out_stride;
   switch (rows - r) {
-    case 3: rows_block<V, 3>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
-    case 2: rows_block<V, 2>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
-    case 1: rows_block<V, 1>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride); break;
-    default: break;
+    case 3:
+      rows_block<V, 3>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      break;
+    case 2:
+      rows_block<V, 2>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      break;
+    case 1:
+      rows_block<V, 1>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      break;
+    default:
+      break;
   }
 }
 

@@ -38,7 +38,8 @@ struct Columns {
 
 // A row-major matrix padded to a multiple of `width` columns, as rows_times_matrix reads it.
 template <typename T>
-std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t width, bool transpose) {
+std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t width,
+                             bool transpose) {
   const int64_t padded_cols = (cols + width - 1) / width * width;
   std::vector<T> m(static_cast<size_t>(rows * padded_cols), T(0));
   for (int64_t i = 0; i < rows; ++i)
@@ -70,8 +71,8 @@ void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool revers
     for (int64_t s = 0; s < L.steps; ++s) {
       const int64_t t = step_at(L, reverse, s);
       T* y = out.row(L.offset[t]);
-      k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], S, H, H, wt.data(), wt_stride, H, y,
-                          out.ld);
+      k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], S, H, H, wt.data(), wt_stride, H,
+                          y, out.ld);
       for (int64_t r = 0; r < L.rows[t]; ++r) std::memcpy(S + r * H, y + r * out.ld, H * sizeof(T));
     }
     return;
@@ -90,8 +91,9 @@ void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool revers
 
 // Backward recurrence (BPTT), visiting the steps in the reverse of processing order:
 //   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh
-// `dstate` (B x H) holds dL/dh_n on entry and dL/dh0 on exit; rows of sequences that are not running
-// at a step keep their gradient untouched, exactly as their state was kept untouched going forward.
+// `dstate` (B x H) holds dL/dh_n on entry and dL/dh0 on exit; rows of sequences that are not
+// running at a step keep their gradient untouched, exactly as their state was kept untouched going
+// forward.
 template <typename T>
 void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
                         const at::Tensor& w_hh, Columns<const T> grad_out, Columns<const T> out,
@@ -110,8 +112,8 @@ void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool rever
     k.activation_backward_rows(act, n, H, dS, H, grad_out.row(first), grad_out.ld, out.row(first),
                                out.ld, dz.row(first), dz.ld);
     if (registers) {
-      k.rows_times_matrix(Epilogue::kStore, act, n, dz.row(first), dz.ld, H, w.data(), w_stride, H, dS,
-                          H);
+      k.rows_times_matrix(Epilogue::kStore, act, n, dz.row(first), dz.ld, H, w.data(), w_stride, H,
+                          dS, H);
     } else {
       at::Tensor dstate_rows = dstate.narrow(0, 0, n);
       at::mm_out(dstate_rows, dz_2d.narrow(0, first, n).narrow(1, col, H), w_hh);
@@ -132,7 +134,8 @@ void gather_previous_states(const SequenceLayout& L, bool reverse, Columns<const
     T* dst = prev + L.offset[t] * H;
     for (int64_t r = 0; r < carried; ++r)
       std::memcpy(dst + r * H, out.row(L.offset[before] + r), H * sizeof(T));
-    if (n > carried) std::memcpy(dst + carried * H, h0 + carried * H, (n - carried) * H * sizeof(T));
+    if (n > carried)
+      std::memcpy(dst + carried * H, h0 + carried * H, (n - carried) * H * sizeof(T));
   }
 }
 

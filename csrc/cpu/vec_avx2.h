@@ -1,11 +1,12 @@
-// 256-bit AVX2+FMA vectors for kernels_impl.h. Included by kernels_avx2.cpp inside its target("avx2,fma")
-// region; relies on <immintrin.h> and <cmath> having been included before that region.
+// 256-bit AVX2+FMA vectors for kernels_impl.h. Included by kernels_avx2.cpp inside its
+// target("avx2,fma") region; relies on <immintrin.h> and <cmath> having been included before that
+// region.
 //
 // tanh for float is vectorised (the recurrence applies it to every hidden unit of every step, so a
-// scalar libm call would cost more than the mat-vec at small sizes). It follows Cephes' tanhf: an odd
-// polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above, with a Cephes-style expf. Its error
-// against torch.tanh is measured by tests/test_kernels.py. NaN propagates: every min/max below keeps
-// its second operand on NaN, and that operand is always the data.
+// scalar libm call would cost more than the mat-vec at small sizes). It follows Cephes' tanhf: an
+// odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above, with a Cephes-style expf. Its
+// error against torch.tanh is measured by tests/test_kernels.py. NaN propagates: every min/max
+// below keeps its second operand on NaN, and that operand is always the data.
 #pragma once
 
 template <typename Scalar>
@@ -34,8 +35,8 @@ struct VecAvx2<float> {
   // exp(x) for x >= 0 (all tanh needs); overflow gives +inf, NaN gives NaN.
   static Reg exp_nonnegative(Reg x) {
     x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
-    Reg fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
-                                             _mm256_set1_ps(0.5f)));
+    Reg fx = _mm256_floor_ps(
+        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     // x - fx * ln2, with ln2 split in two so the reduction is exact to float precision.
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
@@ -61,8 +62,9 @@ struct VecAvx2<float> {
     p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
     const Reg small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
     const Reg e = exp_nonnegative(_mm256_add_ps(ax, ax));
-    Reg large = _mm256_sub_ps(_mm256_set1_ps(1.0f),
-                              _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    Reg large =
+        _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                      _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
     large = _mm256_or_ps(large, _mm256_and_ps(sign_bit, x));
     const Reg use_small = _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ);
     return _mm256_blendv_ps(large, small, use_small);
@@ -96,8 +98,8 @@ struct VecAvx2<double> {
   static Reg mul(Reg a, Reg b) { return _mm256_mul_pd(a, b); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
 
-  // float64 is the precision of gradcheck and of reference comparisons, not of speed: use libm's tanh
-  // lane by lane so the result is as exact as ATen's.
+  // float64 is the precision of gradcheck and of reference comparisons, not of speed: use libm's
+  // tanh lane by lane so the result is as exact as ATen's.
   static Reg tanh(Reg x) {
     alignas(32) double v[4];
     _mm256_store_pd(v, x);

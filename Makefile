@@ -1,0 +1,40 @@
+# One command each, from a fresh clone: `make demo` (the main job) and `make test`.
+# Both create the virtual environment and build the extension when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: build demo test speed lint format clean
+
+$(INSTALLED): requirements.txt setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+# Incremental rebuild of rnnkern._C (ninja) after editing csrc/.
+build: $(INSTALLED)
+	$(PY) setup.py -q build_ext --inplace
+
+demo: build
+	$(PY) examples/sine_to_cosine.py --plot sine_to_cosine.png
+
+test: build
+	$(PY) -m pytest -q
+
+# The CPU speed table of issue #2: ratios against torch.nn.RNN measured side by side.
+speed: build
+	$(PY) benchmarks/speed_table.py
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh')
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh')
+
+clean:
+	rm -rf build rnnkern/_C*.so *.egg-info

@@ -1,0 +1,123 @@
+"""The CPU speed table of issue #2: rnnkern.RNN against torch.nn.RNN, same weights, same inputs.
+
+For each shape (batch, hidden, seq len; input_size = hidden, one layer, float32) both modules are
+timed side by side in one process, interleaved, after a warm-up, and the table shows the median time
+of each and the ratio nn.RNN / rnnkern ("x faster"). Forward is inference (torch.no_grad); forward +
+backward is one training step (loss = output.sum()).
+
+    python benchmarks/speed_table.py [--repeats 7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import rnnkern
+
+# (batch, hidden, seq_len): the shapes and targets the issue names.
+SHAPES = [(1, 64, 512), (1, 256, 512), (16, 256, 256), (64, 1024, 32)]
+TARGETS = {
+    (1, 64, 512): (8.0, 15.0),
+    (1, 256, 512): (2.5, 5.0),
+    (16, 256, 256): (1.2, 1.5),
+    (64, 1024, 32): (0.95, 0.95),
+}
+
+
+def interleaved_medians(fns: dict[str, callable], repeats: int) -> dict[str, float]:
+    for fn in fns.values():  # warm-up (allocator, thread pool, caches)
+        fn()
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(batch: int, hidden: int, seq_len: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    theirs = nn.RNN(hidden, hidden)
+    ours = rnnkern.RNN(hidden, hidden)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(seq_len, batch, hidden)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=1e-4, rtol=1e-4)
+
+    def inference(module):
+        def run():
+            with torch.no_grad():
+                module(x)
+
+        return run
+
+    def training(module):
+        x_train = x.clone().requires_grad_()
+
+        def run():
+            module(x_train)[0].sum().backward()
+
+        return run
+
+    fwd = interleaved_medians({"nn.RNN": inference(theirs), "rnnkern": inference(ours)}, repeats)
+    fwd_bwd = interleaved_medians({"nn.RNN": training(theirs), "rnnkern": training(ours)}, repeats)
+    return {
+        "batch": batch,
+        "hidden": hidden,
+        "seq_len": seq_len,
+        "forward_s": fwd,
+        "forward_backward_s": fwd_bwd,
+        "forward_speedup": fwd["nn.RNN"] / fwd["rnnkern"],
+        "forward_backward_speedup": fwd_bwd["nn.RNN"] / fwd_bwd["rnnkern"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per module (median)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"rnnkern CPU kernels: {rnnkern.cpu_isa()}, {platform.processor() or platform.machine()}"
+    )
+    header = "| batch, hidden, seq len | forward | target | forward + backward | target |"
+    print(header)
+    print("| --- | --- | --- | --- | --- |")
+    results = []
+    for shape in SHAPES:
+        r = measure(*shape, repeats=args.repeats)
+        results.append(r)
+        f_target, fb_target = TARGETS[shape]
+        per_step = r["forward_s"]["rnnkern"] / r["seq_len"] * 1e6
+        print(
+            f"| {shape[0]}, {shape[1]}, {shape[2]} "
+            f"| {r['forward_speedup']:.2f}x ({per_step:.2f} us/step) | >= {f_target}x "
+            f"| {r['forward_backward_speedup']:.2f}x | >= {fb_target}x |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "cpu_isa": rnnkern.cpu_isa(),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
