@@ -17,6 +17,7 @@
 #include "../elman_layer_args.h"
 #include "kernels.h"
 #include "recurrence.h"
+#include "step_blocks.h"
 
 namespace rnnkern::cpu {
 namespace {
@@ -51,6 +52,18 @@ Tensor stack_directions(const LayerShape& s, at::TensorList w,
 
 Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
+// Steps per block of the projection pipeline: large enough that each block is a real GEMM, small
+// enough that the recurrence does not wait long for the first one.
+constexpr int64_t kPipelineStepsPerBlock = 32;
+
+// Whether the forward overlaps the input projection with the recurrence (see step_blocks.h): one
+// direction (two use both threads already), the register kernel (small batch: the recurrence leaves
+// a core idle), a second thread, and enough steps for a few blocks.
+bool pipeline_projection(const LayerShape& s) {
+  return s.directions == 1 && use_register_kernel(s.layout) && at::get_num_threads() > 1 &&
+         !at::in_parallel_region() && s.layout.steps >= 4 * kPipelineStepsPerBlock;
+}
+
 std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx,
                                            at::TensorList weights,
                                            const std::optional<Tensor>& batch_sizes, bool relu) {
@@ -62,24 +75,52 @@ std::tuple<Tensor, Tensor> elman_layer_cpu(const Tensor& input, const Tensor& hx
   const int64_t H = s.hidden, D = s.directions;
 
   const Tensor x = input.reshape({L.total_rows, s.input_size});
-  const Tensor w_ih = stack_directions(s, weights, weight_ih);
-  Tensor out;
-  if (s.has_bias) {
-    const Tensor bias =
-        stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
-    out = at::addmm(bias, x, w_ih.t());
-  } else {
-    out = at::mm(x, w_ih.t());
-  }
+  const Tensor w_ih_t = stack_directions(s, weights, weight_ih).t();
+  const std::optional<Tensor> bias =
+      s.has_bias ? std::optional<Tensor>(stack_directions(s, weights, bias_ih) +
+                                         stack_directions(s, weights, bias_hh))
+                 : std::nullopt;
+  Tensor out = at::empty({L.total_rows, D * H}, input.options());
+  // out[rows] = x[rows] @ W_ih^T + (b_ih + b_hh), for a block of rows (all steps, or some).
+  auto project = [&](int64_t first_row, int64_t rows) {
+    Tensor o = out.narrow(0, first_row, rows);
+    const Tensor xr = x.narrow(0, first_row, rows);
+    if (bias)
+      at::addmm_out(o, *bias, xr, w_ih_t);
+    else
+      at::mm_out(o, xr, w_ih_t);
+  };
   Tensor h_n = hx.contiguous().clone();
 
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "elman_layer_cpu", [&] {
     const Kernels<scalar_t>& k = kernels<scalar_t>();
-    for_each_direction(D, [&](int64_t d) {
+    auto run = [&](int64_t d, const auto& before_step) {
       Tensor state = h_n.select(0, d);
-      forward_direction<scalar_t>(
-          k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
-          Columns<scalar_t>{out.data_ptr<scalar_t>() + d * H, D * H}, out, d * H, state);
+      forward_direction<scalar_t>(k, L, /*reverse=*/d == 1, activation(relu),
+                                  weight_hh(weights, s, d),
+                                  Columns<scalar_t>{out.data_ptr<scalar_t>() + d * H, D * H}, out,
+                                  d * H, state, before_step);
+    };
+    if (!pipeline_projection(s)) {
+      project(0, L.total_rows);
+      for_each_direction(D, [&](int64_t d) { run(d, [](int64_t) {}); });
+      return;
+    }
+    // One direction, a long sequence: the second thread projects blocks of steps ahead of the
+    // recurrence (step_blocks.h says why this cannot deadlock).
+    StepBlocks blocks(L.steps, kPipelineStepsPerBlock);
+    auto project_block = [&](int64_t j) {
+      const int64_t first = j * blocks.steps_per_block();
+      const int64_t last = std::min(L.steps, first + blocks.steps_per_block());
+      const int64_t end_row = last < L.steps ? L.offset[last] : L.total_rows;
+      project(L.offset[first], end_row - L.offset[first]);
+    };
+    at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      if (begin == 0) {
+        run(0, [&](int64_t t) { blocks.wait_for(t / blocks.steps_per_block(), project_block); });
+      }
+      if (end == 2) blocks.help(project_block);
     });
   });
   if (!s.packed) out = out.view({L.steps, L.batch, D * H});

@@ -57,11 +57,13 @@ inline int64_t step_at(const SequenceLayout& L, bool reverse, int64_t s) {
 
 // Forward recurrence. `out` holds the input projection (with both biases) on entry and h_t on exit;
 // `state` (B x H, contiguous) holds h0 on entry and h_n on exit (a finished sequence keeps its last
-// state, which is nn.RNN's h_n for packed input).
-template <typename T>
+// state, which is nn.RNN's h_n for packed input). before_step(t) runs before step t reads `out`
+// (the projection pipeline waits there for step t's projection).
+template <typename T, typename BeforeStep = void (*)(int64_t)>
 void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
                        const at::Tensor& w_hh, Columns<T> out, const at::Tensor& out_2d,
-                       int64_t col, at::Tensor& state) {
+                       int64_t col, at::Tensor& state,
+                       const BeforeStep& before_step = [](int64_t) {}) {
   const int64_t H = w_hh.size(0);
   T* S = state.data_ptr<T>();
   if (use_register_kernel(L)) {
@@ -70,6 +72,7 @@ void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool revers
     const int64_t wt_stride = padded(H, k.width);
     for (int64_t s = 0; s < L.steps; ++s) {
       const int64_t t = step_at(L, reverse, s);
+      before_step(t);
       T* y = out.row(L.offset[t]);
       k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], S, H, H, wt.data(), wt_stride, H,
                           y, out.ld);
@@ -81,6 +84,7 @@ void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool revers
   for (int64_t s = 0; s < L.steps; ++s) {
     const int64_t t = step_at(L, reverse, s);
     const int64_t n = L.rows[t];
+    before_step(t);
     at::Tensor y = out_2d.narrow(0, L.offset[t], n).narrow(1, col, H);
     y.addmm_(state.narrow(0, 0, n), wt);
     T* yp = out.row(L.offset[t]);
