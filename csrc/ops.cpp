@@ -24,5 +24,5 @@ PYBIND11_MODULE(_C, module) {
   module.doc() = "rnnkern's compiled operators (registered under torch.ops.rnnkern)";
   module.def(
       "cpu_isa", [] { return std::string(rnnkern::cpu::kernels<float>().isa); },
-      "The instruction set of the CPU kernels in use: 'avx2' or 'generic'.");
+      "The instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'generic'.");
 }

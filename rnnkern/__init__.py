@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 
 def cpu_isa() -> str:
-    """The instruction set of the CPU kernels in use: ``'avx2'`` or ``'generic'``."""
+    """The instruction set of the CPU kernels in use: ``'avx512'``, ``'avx2'`` or ``'generic'``."""
     return _C.cpu_isa()
 
 

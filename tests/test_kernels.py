@@ -73,10 +73,10 @@ def test_activation_special_values(batch):
     )
 
 
-GENERIC_SCRIPT = textwrap.dedent(
+ISA_SCRIPT = textwrap.dedent(
     """
-    import torch, rnnkern
-    assert rnnkern.cpu_isa() == "generic", rnnkern.cpu_isa()
+    import os, torch, rnnkern
+    assert rnnkern.cpu_isa() == os.environ["RNNKERN_CPU_ISA"], rnnkern.cpu_isa()
     for config, batch, dtype in [
         (dict(input_size=3, hidden_size=13, num_layers=2, bidirectional=True), 3, torch.float32),
         (dict(input_size=5, hidden_size=70, nonlinearity="relu"), 40, torch.float32),
@@ -95,23 +95,37 @@ GENERIC_SCRIPT = textwrap.dedent(
         g_t = torch.autograd.grad((out_t ** 2).sum() + hn_t.sum(), [x, *theirs.parameters()])
         for a, b in zip(g_o, g_t):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
-    print("generic ok")
+    print("isa ok")
     """
 )
 
 
-def test_generic_kernels_match_nn_rnn():
-    """RNNKERN_CPU_ISA=generic forces the portable kernels, which CPUs without AVX2 run."""
-    env = {**os.environ, "RNNKERN_CPU_ISA": "generic"}
+def cpu_flags() -> set[str]:
+    if not os.path.exists("/proc/cpuinfo"):
+        return set()
+    return set(open("/proc/cpuinfo").read().split())
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_capped_kernels_match_nn_rnn(isa):
+    """RNNKERN_CPU_ISA caps the instruction set, so every kernel table is tested on one machine."""
+    if isa == "avx2" and not {"avx2", "fma"} <= cpu_flags():
+        pytest.skip("this CPU has no AVX2+FMA")
+    env = {**os.environ, "RNNKERN_CPU_ISA": isa}
     result = subprocess.run(
-        [sys.executable, "-c", GENERIC_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert "generic ok" in result.stdout
+    assert "isa ok" in result.stdout
 
 
-def test_default_isa_is_avx2_on_this_machine():
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if " avx2 " not in flags or " fma " not in flags or os.environ.get("RNNKERN_CPU_ISA"):
-        pytest.skip("this CPU has no AVX2+FMA (or the ISA is forced), so the generic kernels run")
-    assert rnnkern.cpu_isa() == "avx2"
+def test_default_isa_is_the_best_this_cpu_has():
+    if os.environ.get("RNNKERN_CPU_ISA"):
+        pytest.skip("RNNKERN_CPU_ISA is set for this run")
+    flags = cpu_flags()
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl", "avx2", "fma"} <= flags:
+        assert rnnkern.cpu_isa() == "avx512"
+    elif {"avx2", "fma"} <= flags:
+        assert rnnkern.cpu_isa() == "avx2"
+    else:
+        assert rnnkern.cpu_isa() == "generic"

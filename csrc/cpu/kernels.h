@@ -44,12 +44,15 @@ const Kernels<float>& generic_kernels_f32();
 const Kernels<double>& generic_kernels_f64();
 #if defined(__x86_64__) || defined(_M_X64)
 #define RNNKERN_HAVE_AVX2_KERNELS 1
+#define RNNKERN_HAVE_AVX512_KERNELS 1
 const Kernels<float>& avx2_kernels_f32();
 const Kernels<double>& avx2_kernels_f64();
+const Kernels<float>& avx512_kernels_f32();
 #endif
 
-// The table for this CPU: AVX2+FMA where the processor has it, generic otherwise. The environment
-// variable RNNKERN_CPU_ISA=generic forces the generic table (tests use it to cover both).
+// The table for this CPU: AVX-512 (float32) or AVX2+FMA where the processor has them, generic
+// otherwise. The environment variable RNNKERN_CPU_ISA=generic|avx2 caps the choice (the tests use
+// it to cover every table on one machine).
 template <typename T>
 const Kernels<T>& kernels();
 

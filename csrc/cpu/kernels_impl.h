@@ -46,10 +46,12 @@ inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T*
   }
 }
 
-// Row-block sizes chosen so R*C accumulators plus C loaded vectors and one broadcast fit in the 16
-// vector registers of AVX2: every k-iteration then issues C loads for R*C FMAs.
-template <int R>
+// Row-block sizes chosen so R*C accumulators plus C loaded vectors and one broadcast fit in the
+// vector registers (16 for AVX2, 32 for AVX-512): every k-iteration then issues C loads for R*C
+// FMAs.
+template <class V, int R>
 constexpr int columns_per_block() {
+  if constexpr (V::kRegisters >= 32) return R == 1 ? 8 : R == 2 ? 8 : R == 3 ? 7 : 6;
   return R == 1 ? 8 : R == 2 ? 6 : R == 3 ? 4 : 3;
 }
 
@@ -57,7 +59,7 @@ template <class V, int R>
 void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
                 int64_t k, const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
                 int64_t out_stride) {
-  constexpr int C = columns_per_block<R>();
+  constexpr int C = columns_per_block<V, R>();
   constexpr int64_t kBlockCols = C * V::kWidth;
   int64_t col = 0;
   for (; col + kBlockCols <= n; col += kBlockCols)

@@ -60,10 +60,10 @@ inline int64_t step_at(const SequenceLayout& L, bool reverse, int64_t s) {
 // state, which is nn.RNN's h_n for packed input). before_step(t) runs before step t reads `out`
 // (the projection pipeline waits there for step t's projection).
 template <typename T, typename BeforeStep = void (*)(int64_t)>
-void forward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
-                       const at::Tensor& w_hh, Columns<T> out, const at::Tensor& out_2d,
-                       int64_t col, at::Tensor& state,
-                       const BeforeStep& before_step = [](int64_t) {}) {
+void forward_direction(
+    const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
+    const at::Tensor& w_hh, Columns<T> out, const at::Tensor& out_2d, int64_t col,
+    at::Tensor& state, const BeforeStep& before_step = [](int64_t) {}) {
   const int64_t H = w_hh.size(0);
   T* S = state.data_ptr<T>();
   if (use_register_kernel(L)) {

@@ -1,15 +1,15 @@
 // Hands out blocks of time steps to two threads: a helper computes the input projection of blocks
 // ahead of the recurrence while the recurrence thread consumes them in order.
 //
-// Why: at small batch the recurrence is a chain of mat-vecs that keeps one core busy, while the input
-// projection (one GEMM over all steps) would otherwise run before it and take a third of the
+// Why: at small batch the recurrence is a chain of mat-vecs that keeps one core busy, while the
+// input projection (one GEMM over all steps) would otherwise run before it and take a third of the
 // forward. Overlapping the two uses the otherwise idle second core.
 //
 // Deadlock-free whatever the thread pool does: the consumer never waits for a block nobody has
 // claimed. If the block it needs is unclaimed it claims and computes it itself, so with a single
 // thread (or a helper that starts late) it simply does all the work in order. It only spins on a
-// block that the helper has claimed and is computing. A helper that fails marks the failure, and the
-// consumer then stops waiting and raises.
+// block that the helper has claimed and is computing. A helper that fails marks the failure, and
+// the consumer then stops waiting and raises.
 #pragma once
 
 #include <atomic>
@@ -55,7 +55,8 @@ class StepBlocks {
     while (!done_[j].load(std::memory_order_acquire)) {
       int64_t next = next_.load(std::memory_order_relaxed);
       if (next <= j) {
-        if (next_.compare_exchange_weak(next, next + 1, std::memory_order_acq_rel)) finish(next, compute);
+        if (next_.compare_exchange_weak(next, next + 1, std::memory_order_acq_rel))
+          finish(next, compute);
         continue;
       }
       if (failed_.load(std::memory_order_acquire))

@@ -17,6 +17,7 @@ struct VecAvx2<float> {
   using T = float;
   using Reg = __m256;
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;
 
   static Reg zero() { return _mm256_setzero_ps(); }
   static Reg broadcast(T v) { return _mm256_set1_ps(v); }
@@ -84,6 +85,7 @@ struct VecAvx2<double> {
   using T = double;
   using Reg = __m256d;
   static constexpr int kWidth = 4;
+  static constexpr int kRegisters = 16;
 
   static Reg zero() { return _mm256_setzero_pd(); }
   static Reg broadcast(T v) { return _mm256_set1_pd(v); }

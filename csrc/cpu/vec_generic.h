@@ -8,6 +8,7 @@ struct VecGeneric {
   using T = Scalar;
   using Reg = Scalar;
   static constexpr int kWidth = 1;
+  static constexpr int kRegisters = 16;
 
   static Reg zero() { return T(0); }
   static Reg broadcast(T v) { return v; }
