@@ -21,7 +21,7 @@
 namespace rnnkern::cpu {
 
 // The largest batch for which the register-blocked kernel runs the recurrence; beyond it, BLAS.
-// Chosen from benchmarks/speed_table.py on the 2-core AVX2 machine (see PERFORMANCE.md).
+// A first choice (batch 16 already fills the register blocks), not yet tuned: see PERFORMANCE.md.
 constexpr int64_t kMaxRegisterBatch = 16;
 
 inline bool use_register_kernel(const SequenceLayout& layout) {
