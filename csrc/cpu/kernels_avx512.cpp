@@ -2,9 +2,9 @@
 //
 // Only the functions defined between the target pragmas are compiled for AVX-512; the rest of the
 // extension is built for the baseline instruction set, and kernels_dispatch.cpp calls into this
-// table only after checking that the CPU has AVX-512 F, DQ, BW and VL. Everything here has internal linkage, so
-// no AVX2 copy of an inline function can be picked by the linker for code that runs on an older
-// CPU.
+// table only after checking that the CPU has AVX-512 F, DQ, BW and VL. Everything here has internal
+// linkage, so no AVX2 copy of an inline function can be picked by the linker for code that runs on
+// an older CPU.
 #include "kernels.h"
 
 #if defined(RNNKERN_HAVE_AVX512_KERNELS)
@@ -21,7 +21,8 @@
 #include <type_traits>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push( \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
 #elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")

@@ -53,9 +53,9 @@ struct VecAvx512<float> {
     p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
     const Reg small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
     const Reg e = exp_nonnegative(_mm512_add_ps(ax, ax));
-    Reg large = _mm512_sub_ps(
-        _mm512_set1_ps(1.0f),
-        _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+    Reg large =
+        _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                      _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
     large = _mm512_or_ps(large, _mm512_and_ps(sign_bit, x));
     const __mmask16 use_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
     return _mm512_mask_blend_ps(use_small, large, small);
