@@ -146,3 +146,51 @@ def test_saturating_and_growing_inputs():
         out_t, _ = theirs(x)
         out_o, _ = ours(x)
         torch.testing.assert_close(out_o, out_t, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_pipelined_long_sequences(batch, packed):
+    """Long single-direction sequences at small batch: the GEMMs run on a helper thread."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    theirs, ours = rnn_pair(input_size=5, hidden_size=40, nonlinearity="tanh")
+    lengths = [300 - 17 * b for b in range(batch)] if packed else [300] * batch
+    seqs = [torch.randn(n, 5, requires_grad=True) for n in lengths]
+    h0 = torch.randn(1, batch, 40, requires_grad=True)
+    results = []
+    for module in (theirs, ours):
+        x = pack_sequence(seqs) if packed else torch.stack(seqs, 1)
+        out, h_n = module(x, h0)
+        out = out.data if packed else out
+        results.append((out, h_n, grads((out, h_n), [*seqs, h0, *module.parameters()])))
+    (out_t, hn_t, g_t), (out_o, hn_o, g_o) = results
+    assert_close(out_o, out_t, {"atol": 1e-4, "rtol": 1e-4}, "output")
+    assert_close(hn_o, hn_t, {"atol": 1e-4, "rtol": 1e-4}, "h_n")
+    for a, b in zip(g_o, g_t):
+        assert_close(a, b, {"atol": 1e-3, "rtol": 1e-3}, "grad")
+
+
+@pytest.mark.parametrize(
+    "config, batch",
+    [
+        (dict(input_size=6, hidden_size=48), 2),  # pipelined with the helper thread
+        (dict(input_size=6, hidden_size=48, bidirectional=True), 2),  # directions on two threads
+        (dict(input_size=6, hidden_size=48, num_layers=2), 40),  # BLAS steps
+    ],
+)
+def test_bitwise_identical_on_one_thread_or_two(config, batch):
+    _, ours = rnn_pair(**config)
+    x = torch.randn(260, batch, 6, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            out, h_n = ours(x)
+            results.append([out, h_n, *grads((out, h_n), [x, *ours.parameters()])])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -97,11 +98,13 @@ void forward_direction(
 //   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh
 // `dstate` (B x H) holds dL/dh_n on entry and dL/dh0 on exit; rows of sequences that are not
 // running at a step keep their gradient untouched, exactly as their state was kept untouched going
-// forward.
-template <typename T>
-void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
-                        const at::Tensor& w_hh, Columns<const T> grad_out, Columns<const T> out,
-                        Columns<T> dz, const at::Tensor& dz_2d, int64_t col, at::Tensor& dstate) {
+// forward. after_step(t) runs once dz_t is written (the weight-gradient pipeline hands blocks on).
+template <typename T, typename AfterStep = void (*)(int64_t)>
+void backward_direction(
+    const Kernels<T>& k, const SequenceLayout& L, bool reverse, Activation act,
+    const at::Tensor& w_hh, Columns<const T> grad_out, Columns<const T> out, Columns<T> dz,
+    const at::Tensor& dz_2d, int64_t col, at::Tensor& dstate,
+    const AfterStep& after_step = [](int64_t) {}) {
   const int64_t H = w_hh.size(0);
   T* dS = dstate.data_ptr<T>();
   const bool registers = use_register_kernel(L);
@@ -115,6 +118,7 @@ void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool rever
     const int64_t first = L.offset[t];
     k.activation_backward_rows(act, n, H, dS, H, grad_out.row(first), grad_out.ld, out.row(first),
                                out.ld, dz.row(first), dz.ld);
+    after_step(t);
     if (registers) {
       k.rows_times_matrix(Epilogue::kStore, act, n, dz.row(first), dz.ld, H, w.data(), w_stride, H,
                           dS, H);
@@ -125,17 +129,18 @@ void backward_direction(const Kernels<T>& k, const SequenceLayout& L, bool rever
   }
 }
 
-// The state each step of one direction started from (h0, or the previous step's output), as an
-// (N x H) matrix aligned with the rows of dZ, so that dW_hh is one GEMM: dZ^T @ H_prev.
+// The state each step t in [t_begin, t_end) of one direction started from (h0, or the previous
+// step's output), as rows aligned with the rows of dZ (prev points at step t_begin's first row), so
+// that dW_hh is a GEMM: dZ^T @ H_prev.
 template <typename T>
 void gather_previous_states(const SequenceLayout& L, bool reverse, Columns<const T> out,
-                            const T* h0, int64_t H, T* prev) {
-  for (int64_t t = 0; t < L.steps; ++t) {
+                            const T* h0, int64_t H, int64_t t_begin, int64_t t_end, T* prev) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t n = L.rows[t];
     // The step before t in processing order, and how many of its rows carry on into t.
     const int64_t before = reverse ? t + 1 : t - 1;
     const int64_t carried = (before >= 0 && before < L.steps) ? std::min(n, L.rows[before]) : 0;
-    T* dst = prev + L.offset[t] * H;
+    T* dst = prev + (L.offset[t] - L.offset[t_begin]) * H;
     for (int64_t r = 0; r < carried; ++r)
       std::memcpy(dst + r * H, out.row(L.offset[before] + r), H * sizeof(T));
     if (n > carried)

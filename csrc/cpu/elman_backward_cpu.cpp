@@ -1,0 +1,159 @@
+// CPU backward of rnnkern::elman_layer (fused BPTT): rnnkern::elman_layer_backward.
+//
+//   per direction, step by step:   dZ_t = (dh + dY_t) * act'(h_t),   dh <- dZ_t @ W_hh
+//   then over all steps at once:   dW_ih = dZ^T X,  dW_hh = dZ^T H_prev,  db = sum dZ,  dX = dZ
+//   W_ih
+//
+// Only what autograd asks for (output_mask) is computed. A single direction at small batch hands
+// the weight gradients to the second thread block by block as the recurrence finishes them, and
+// computes dX itself once its loop is done, while the helper finishes.
+#include "elman_cpu.h"
+#include "step_blocks.h"
+
+namespace rnnkern::cpu {
+namespace {
+
+using at::Tensor;
+
+void check_backward_args(const char* op, const LayerShape& s, const Tensor& grad_output,
+                         const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+                         const Tensor& output) {
+  const SequenceLayout& L = s.layout;
+  const int64_t DH = s.directions * s.hidden;
+  const std::vector<int64_t> out_shape = s.packed ? std::vector<int64_t>{L.total_rows, DH}
+                                                  : std::vector<int64_t>{L.steps, L.batch, DH};
+  TORCH_CHECK(output.sizes() == c10::IntArrayRef(out_shape) &&
+                  grad_output.sizes() == c10::IntArrayRef(out_shape),
+              op, ": output and grad_output must have shape ", c10::IntArrayRef(out_shape),
+              ", got ", output.sizes(), " and ", grad_output.sizes());
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), op, ": grad_h_n must have the shape of hx ",
+              hx.sizes(), ", got ", grad_h_n.sizes());
+  for (const Tensor* t : {&grad_output, &grad_h_n, &output})
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
+                ": gradients and output must match input's dtype and device");
+}
+
+// The weight gradients of one direction, accumulated block of steps by block of steps, always in
+// the same order: dW_ih += dZ^T X, dW_hh += dZ^T H_prev, db += sum dZ over the block's rows.
+template <typename T>
+struct WeightGrads {
+  const SequenceLayout& L;
+  bool reverse;
+  const Tensor& x;
+  const Tensor& dz;  // this direction's (N x H) columns of dZ
+  const Tensor& y;   // this direction's (N x H) columns of the output
+  const T* h0;
+  Tensor w_ih, w_hh, bias;  // the sums, zero to begin with
+  Tensor prev;              // scratch: the previous states of one block's rows
+
+  void add_steps(int64_t t_begin, int64_t t_end) {
+    const auto [first, rows] = block_rows(L, t_begin, t_end);
+    const int64_t H = dz.size(1);
+    Tensor prev_rows = prev.narrow(0, 0, rows);
+    gather_previous_states<T>(L, reverse, Columns<const T>{y.data_ptr<T>(), y.stride(0)}, h0, H,
+                              t_begin, t_end, prev_rows.data_ptr<T>());
+    const Tensor dz_t = dz.narrow(0, first, rows).t();
+    w_ih.addmm_(dz_t, x.narrow(0, first, rows));
+    w_hh.addmm_(dz_t, prev_rows);
+    if (bias.defined()) bias.add_(dz_t.sum(1));
+  }
+};
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes,
+    bool relu, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "rnnkern::elman_layer_backward";
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  check_cpu(op, input);
+  check_backward_args(op, s, grad_output, grad_h_n, input, hx, output);
+  const SequenceLayout& L = s.layout;
+  const int64_t H = s.hidden, D = s.directions, N = L.total_rows;
+  const auto [need_input, need_hx, need_weights] = output_mask;
+
+  const Tensor x = input.reshape({N, s.input_size});
+  const Tensor y = output.reshape({N, D * H}).contiguous();
+  const Tensor dy = grad_output.reshape({N, D * H}).contiguous();
+  const Tensor h0 = hx.contiguous();
+  Tensor dz = at::empty({N, D * H}, input.options());
+  Tensor dhx = grad_h_n.contiguous().clone();
+
+  Tensor grad_input;
+  auto input_gradient = [&] {
+    if (need_input)
+      grad_input = at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes());
+  };
+  std::vector<Tensor> grad_weights;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "elman_layer_backward_cpu", [&] {
+    const Kernels<scalar_t>& k = kernels<scalar_t>();
+    auto recur = [&](int64_t d, const auto& after_step) {
+      Tensor dstate = dhx.select(0, d);
+      backward_direction<scalar_t>(
+          k, L, /*reverse=*/d == 1, activation(relu), weight_hh(weights, s, d),
+          Columns<const scalar_t>{dy.data_ptr<scalar_t>() + d * H, D * H},
+          Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
+          Columns<scalar_t>{dz.data_ptr<scalar_t>() + d * H, D * H}, dz, d * H, dstate, after_step);
+    };
+    std::vector<Tensor> dz_d, y_d;
+    std::vector<WeightGrads<scalar_t>> sums;
+    sums.reserve(D);
+    for (int64_t d = 0; d < D; ++d) {
+      dz_d.push_back(dz.narrow(1, d * H, H));
+      y_d.push_back(y.narrow(1, d * H, H));
+    }
+    if (need_weights) {
+      const int64_t block_rows_max = pipelined(s) ? kPipelineStepsPerBlock * L.batch : N;
+      for (int64_t d = 0; d < D; ++d)
+        sums.push_back(WeightGrads<scalar_t>{
+            L, d == 1, x, dz_d[d], y_d[d], h0.select(0, d).data_ptr<scalar_t>(),
+            at::zeros({H, s.input_size}, input.options()), at::zeros({H, H}, input.options()),
+            s.has_bias ? at::zeros({H}, input.options()) : Tensor(),
+            at::empty({std::max<int64_t>(block_rows_max, 1), H}, input.options())});
+    }
+
+    if (!pipelined(s) || !need_weights) {
+      for_each_direction(D, [&](int64_t d) { recur(d, [](int64_t) {}); });
+      for (auto& g : sums) g.add_steps(0, L.steps);
+      input_gradient();
+    } else {
+      // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j).
+      constexpr int64_t S = kPipelineStepsPerBlock;
+      FinishedBlocks blocks(block_count(L.steps, S));
+      auto add_block = [&](int64_t j) {
+        sums[0].add_steps(std::max<int64_t>(0, L.steps - (j + 1) * S), L.steps - j * S);
+      };
+      with_helper_thread(
+          [&] {
+            blocks.start();
+            try {
+              recur(0, [&](int64_t t) {
+                if ((L.steps - t) % S == 0 || t == 0) blocks.finished((L.steps - 1 - t) / S);
+              });
+            } catch (...) {
+              blocks.fail();
+              throw;
+            }
+            input_gradient();  // while the helper is still on the weight gradients
+            blocks.finish(add_block);
+          },
+          [&] { blocks.help(add_block); });
+    }
+    for (auto& g : sums) {
+      grad_weights.push_back(g.w_ih);
+      grad_weights.push_back(g.w_hh);
+      if (s.has_bias) {
+        grad_weights.push_back(g.bias.clone());
+        grad_weights.push_back(g.bias);
+      }
+    }
+  });
+
+  if (!need_input) grad_input = at::empty({0}, input.options());
+  if (!need_hx) dhx = at::empty({0}, input.options());
+  return {grad_input, dhx, grad_weights};
+}
+
+}  // namespace rnnkern::cpu

@@ -1,0 +1,82 @@
+// What the CPU implementations of the two operators share: the entry points registered in
+// register_cpu.cpp, and the small decisions both directions of the computation make the same way.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "../elman_layer_args.h"
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace rnnkern::cpu {
+
+std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, const at::Tensor& hx,
+                                                   at::TensorList weights,
+                                                   const std::optional<at::Tensor>& batch_sizes,
+                                                   bool relu);
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> elman_layer_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+    const at::Tensor& hx, at::TensorList weights, const at::Tensor& output,
+    const std::optional<at::Tensor>& batch_sizes, bool relu, std::array<bool, 3> output_mask);
+
+void check_cpu(const char* op, const at::Tensor& input);
+
+inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
+
+// Both directions' weights of one role, stacked along the output dimension (one GEMM for both).
+at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
+                            const at::Tensor& (*role)(at::TensorList, const LayerShape&, int64_t));
+
+// Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
+// small enough that the recurrence does not wait long for the first one.
+constexpr int64_t kPipelineStepsPerBlock = 32;
+
+// Whether a layer's GEMMs are pipelined with its recurrence on a second thread (step_blocks.h): one
+// direction (two use both threads already), the register kernel (small batch: the recurrence leaves
+// a core idle), and enough steps for a few blocks. It depends on the shape only, never on the
+// thread count, so the blocking (and so the rounding) is the same on one thread or two.
+inline bool pipelined(const LayerShape& s) {
+  return s.directions == 1 && use_register_kernel(s.layout) &&
+         s.layout.steps >= 4 * kPipelineStepsPerBlock;
+}
+
+// The rows of the block of steps [t_begin, t_end): [first, first + count).
+inline std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t t_begin,
+                                              int64_t t_end) {
+  const int64_t end_row = t_end < L.steps ? L.offset[t_end] : L.total_rows;
+  return {L.offset[t_begin], end_row - L.offset[t_begin]};
+}
+
+// Runs fn(d) for each direction; both directions at once when there are two.
+template <typename Fn>
+void for_each_direction(int64_t directions, const Fn& fn) {
+  if (directions == 1) {
+    fn(0);
+    return;
+  }
+  at::parallel_for(0, directions, 1, [&](int64_t begin, int64_t end) {
+    // Worker threads do not inherit the caller's thread-local dispatch state.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t d = begin; d < end; ++d) fn(d);
+  });
+}
+
+// Runs recurrence() and helper() on two threads when there are two, else one after the other; the
+// step_blocks.h protocols make either order safe.
+template <typename Recurrence, typename Helper>
+void with_helper_thread(const Recurrence& recurrence, const Helper& helper) {
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    if (begin == 0) recurrence();
+    if (end == 2) helper();
+  });
+}
+
+}  // namespace rnnkern::cpu
