@@ -1,4 +1,4 @@
-// The rnnkern operators: declared once here, implemented per device (cpu/elman_cpu.cpp; CUDA
+// The rnnkern operators: declared once here, implemented per device (cpu/register_cpu.cpp; CUDA
 // later), with autograd and fake-tensor (meta) support added in Python (rnnkern/_ops.py).
 //
 // Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is

@@ -2,7 +2,8 @@
 //
 // Each instruction set (AVX2+FMA, and a portable generic build) fills one table from the same
 // templated code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU
-// supports, once. The drivers in elman_cpu.cpp only ever see this header.
+// supports, once. The drivers (elman_forward_cpu.cpp, elman_backward_cpu.cpp) only ever see this
+// header.
 #pragma once
 
 #include <cstdint>

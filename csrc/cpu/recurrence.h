@@ -1,9 +1,9 @@
 // The sequential part of one direction of one layer, forward and backward, on the CPU.
 //
 // Everything outside the time loop (the input projection, the weight gradients, dX) is a few large
-// GEMMs in elman_cpu.cpp. What is here must go step by step: per step, one (rows x H) @ (H x H)
-// product and an elementwise activation or its derivative, fused into one pass where the kernels
-// allow it. Two ways to do the product:
+// GEMMs in elman_{forward,backward}_cpu.cpp. What is here must go step by step: per step, one (rows
+// x H) @ (H x H) product and an elementwise activation or its derivative, fused into one pass where
+// the kernels allow it. Two ways to do the product:
 //   - registers: the row-blocked kernel of kernels_impl.h, W_hh kept hot in L1/L2, no per-step
 //     dispatch at all. Small batches (the latency-bound case nn.RNN is worst at).
 //   - BLAS: at::addmm_/at::mm_out per step, which wins once each step is a real matrix product.
@@ -22,8 +22,8 @@
 namespace rnnkern::cpu {
 
 // The largest batch for which the register-blocked kernel runs the recurrence; beyond it, BLAS per
-// step. Measured (PERFORMANCE.md, version 5): the kernel wins or ties up to batch 32 at hidden 64 to
-// 512, and the two are mixed at 64.
+// step. Measured (PERFORMANCE.md, version 5): the kernel wins or ties up to batch 32 at hidden 64
+// to 512, and the two are mixed at 64.
 constexpr int64_t kMaxRegisterBatch = 32;
 
 inline bool use_register_kernel(const SequenceLayout& layout) {
