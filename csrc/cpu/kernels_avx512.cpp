@@ -9,10 +9,11 @@
 
 #if defined(RNNKERN_HAVE_AVX512_KERNELS)
 
-// GCC 12's own avx512fintrin.h trips -Wmaybe-uninitialized (its _mm512_undefined_* idiom) once
+// GCC 12's own avx512fintrin.h trips -W(maybe-)uninitialized (its _mm512_undefined_* idiom) once
 // inlined into our code; the warning is about the compiler's header, not this file.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <immintrin.h>
 
@@ -32,6 +33,7 @@ namespace rnnkern::cpu {
 namespace {
 #include "kernels_impl.h"
 #include "vec_avx512.h"
+#include "vec_math.h"
 }  // namespace
 
 const Kernels<float>& avx512_kernels_f32() {

@@ -33,43 +33,25 @@ struct VecAvx2<float> {
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
 
-  // exp(x) for x >= 0 (all tanh needs); overflow gives +inf, NaN gives NaN.
-  static Reg exp_nonnegative(Reg x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
-    Reg fx = _mm256_floor_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    // x - fx * ln2, with ln2 split in two so the reduction is exact to float precision.
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    Reg y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+  // The primitives vec_math.h builds exp and tanh from.
+  static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
+  static Reg fnmadd(Reg a, Reg b, Reg c) { return _mm256_fnmadd_ps(a, b, c); }
+  static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
+  static Reg floor(Reg x) { return _mm256_floor_ps(x); }
+  static Reg abs(Reg x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
+  static Reg with_sign_of(Reg v, Reg x) {
+    return _mm256_or_ps(v, _mm256_and_ps(_mm256_set1_ps(-0.0f), x));
+  }
+  static Reg exp2_int(Reg n) {  // 2^n for whole n in float range
+    const __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+  static Reg select_less(Reg a, Reg b, Reg yes, Reg no) {
+    return _mm256_blendv_ps(no, yes, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
   }
 
-  static Reg tanh(Reg x) {
-    const Reg sign_bit = _mm256_set1_ps(-0.0f);
-    const Reg ax = _mm256_andnot_ps(sign_bit, x);
-    const Reg z = _mm256_mul_ps(x, x);
-    Reg p = _mm256_set1_ps(-5.70498872745e-3f);
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
-    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
-    const Reg small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
-    const Reg e = exp_nonnegative(_mm256_add_ps(ax, ax));
-    Reg large =
-        _mm256_sub_ps(_mm256_set1_ps(1.0f),
-                      _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
-    large = _mm256_or_ps(large, _mm256_and_ps(sign_bit, x));
-    const Reg use_small = _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_LT_OQ);
-    return _mm256_blendv_ps(large, small, use_small);
-  }
+  static Reg tanh(Reg x) { return cephes_tanh<VecAvx2<float>>(x); }
   static Reg relu(Reg x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }
   static Reg tanh_backward(Reg g, Reg y) {
     return _mm256_mul_ps(g, _mm256_fnmadd_ps(y, y, _mm256_set1_ps(1.0f)));
