@@ -26,7 +26,6 @@ namespace rnnkern::cpu {
 namespace {
 #include "kernels_impl.h"
 #include "vec_avx2.h"
-#include "vec_math.h"
 }  // namespace
 
 const Kernels<float>& avx2_kernels_f32() {

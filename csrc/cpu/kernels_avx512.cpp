@@ -33,7 +33,6 @@ namespace rnnkern::cpu {
 namespace {
 #include "kernels_impl.h"
 #include "vec_avx512.h"
-#include "vec_math.h"
 }  // namespace
 
 const Kernels<float>& avx512_kernels_f32() {

@@ -9,6 +9,8 @@
 // below keeps its second operand on NaN, and that operand is always the data.
 #pragma once
 
+#include "vec_math.h"  // cephes_tanh, in the same instruction-set namespace
+
 template <typename Scalar>
 struct VecAvx2;
 

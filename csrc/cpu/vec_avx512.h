@@ -3,6 +3,8 @@
 // tanh comes from vec_math.h, as for AVX2.
 #pragma once
 
+#include "vec_math.h"  // cephes_tanh, in the same instruction-set namespace
+
 template <typename Scalar>
 struct VecAvx512;
 
