@@ -4,10 +4,10 @@ The operators are declared once in csrc/ops.cpp (``torch.ops.rnnkern.elman_layer
 and implemented per device in csrc/. This module adds what the dispatcher needs on top:
 
 - a fake (meta) implementation of each op, so torch.compile and FakeTensor can trace them without
-  running a kernel;
-- the autograd formula of elman_layer, which calls the fused BPTT op elman_layer_backward.
+  running a kernel.
 
-Nothing here computes; the kernels do.
+The autograd formula of elman_layer (the fused BPTT op elman_layer_backward) is registered in C++
+(csrc/autograd.cpp), so no Python runs per call. Nothing here computes; the kernels do.
 """
 
 from __future__ import annotations
@@ -60,37 +60,3 @@ def _elman_layer_backward_fake(
     grad_hx = hx.new_empty(hx.shape if need_hx else (0,))
     grad_weights = [w.new_empty(w.shape) for w in weights] if need_weights else []
     return grad_input, grad_hx, grad_weights
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    input, hx, weights, batch_sizes, relu = inputs
-    ctx.relu = relu
-    ctx.save_for_backward(input, hx, output[0], batch_sizes, *weights)
-
-
-def _backward(ctx, grad_output: Tensor, grad_h_n: Tensor):
-    input, hx, output, batch_sizes, *weights = ctx.saved_tensors
-    need_input, need_hx, need_weight = ctx.needs_input_grad[:3]
-    grad_input, grad_hx, grad_weights = elman_layer_backward_op(
-        grad_output,
-        grad_h_n,
-        input,
-        hx,
-        weights,
-        output,
-        batch_sizes,
-        ctx.relu,
-        [need_input, need_hx, any(need_weight)],
-    )
-    return (
-        grad_input if need_input else None,
-        grad_hx if need_hx else None,
-        [g if need else None for g, need in zip(grad_weights, need_weight)]
-        if any(need_weight)
-        else [None] * len(weights),
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("rnnkern::elman_layer", _backward, setup_context=_setup_context)
