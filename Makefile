@@ -24,7 +24,7 @@ test: build
 
 # The CPU speed table of issue #2: ratios against torch.nn.RNN measured side by side.
 speed: build
-	$(PY) benchmarks/speed_table.py
+	$(PY) benchmarks/speed_table.py --runs 3
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,11 +1,13 @@
 """The CPU speed table of issue #2: rnnkern.RNN against torch.nn.RNN, same weights, same inputs.
 
 For each shape (batch, hidden, seq len; input_size = hidden, one layer, float32) both modules are
-timed side by side in one process, interleaved, after a warm-up, and the table shows the median time
-of each and the ratio nn.RNN / rnnkern ("x faster"). Forward is inference (torch.no_grad); forward +
-backward is one training step (loss = output.sum()).
+timed side by side in one process, interleaved, after a warm-up; each ratio is nn.RNN's median time
+over rnnkern's ("x faster"). Forward is inference (torch.no_grad); forward + backward is one
+training step (loss = output.sum()). With --runs N the whole table is measured N times and the
+table shows the median ratio with the lowest and highest in brackets (a shared machine's timings
+drift from minute to minute).
 
-    python benchmarks/speed_table.py [--repeats 7] [--json out.json]
+    python benchmarks/speed_table.py [--repeats 11] [--runs 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -81,38 +83,45 @@ def measure(batch: int, hidden: int, seq_len: int, repeats: int) -> dict:
     }
 
 
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per module (median)")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=11, help="timed runs per module (median)")
+    parser.add_argument("--runs", type=int, default=1, help="times to measure the whole table")
+    parser.add_argument("--json", help="also write every measurement here")
     args = parser.parse_args()
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"rnnkern CPU kernels: {rnnkern.cpu_isa()}, {platform.processor() or platform.machine()}"
     )
-    header = "| batch, hidden, seq len | forward | target | forward + backward | target |"
-    print(header)
+    runs = [[measure(*shape, repeats=args.repeats) for shape in SHAPES] for _ in range(args.runs)]
+    print("| batch, hidden, seq len | forward | target | forward + backward | target |")
     print("| --- | --- | --- | --- | --- |")
-    results = []
-    for shape in SHAPES:
-        r = measure(*shape, repeats=args.repeats)
-        results.append(r)
+    for i, shape in enumerate(SHAPES):
         f_target, fb_target = TARGETS[shape]
-        per_step = r["forward_s"]["rnnkern"] / r["seq_len"] * 1e6
+        forward = spread([run[i]["forward_speedup"] for run in runs])
+        training = spread([run[i]["forward_backward_speedup"] for run in runs])
         print(
-            f"| {shape[0]}, {shape[1]}, {shape[2]} "
-            f"| {r['forward_speedup']:.2f}x ({per_step:.2f} us/step) | >= {f_target}x "
-            f"| {r['forward_backward_speedup']:.2f}x | >= {fb_target}x |"
+            f"| {shape[0]}, {shape[1]}, {shape[2]} | {forward} | >= {f_target}x "
+            f"| {training} | >= {fb_target}x |"
         )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
                 {
+                    "command": "python benchmarks/speed_table.py "
+                    f"--repeats {args.repeats} --runs {args.runs}",
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                     "cpu_isa": rnnkern.cpu_isa(),
-                    "results": results,
+                    "machine": platform.machine(),
+                    "runs": runs,
                 },
                 f,
                 indent=2,
