@@ -131,3 +131,27 @@ def test_nan_in_gives_nan_where_nn_rnn_does(nonlinearity, batch):
     assert torch.isnan(out_o).any()
     finite = ~torch.isnan(out_t)
     assert_close(out_o[finite], out_t[finite], TOL[torch.float32], "finite part")
+
+
+def test_empty_sequence_raises_like_nn_rnn():
+    theirs, ours = rnn_pair(input_size=3, hidden_size=5)
+    x = torch.randn(0, 2, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="sequence length"):
+        theirs(x)
+    with pytest.raises(RuntimeError, match="sequence length must be at least 1"):
+        ours(x)
+    good = torch.randn(4, 2, 3)
+    assert_close(ours(good)[0], theirs(good)[0], TOL[torch.float32], "after empty sequence")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_empty_batch_behaves_like_nn_rnn(bidirectional):
+    theirs, ours = rnn_pair(input_size=3, hidden_size=5, num_layers=2, bidirectional=bidirectional)
+    for module in (theirs, ours):
+        x = torch.randn(4, 0, 3, requires_grad=True)
+        out, h_n = module(x)
+        assert out.shape == (4, 0, 10 if bidirectional else 5)
+        assert h_n.shape == (4 if bidirectional else 2, 0, 5)
+        (out.sum() + h_n.sum()).backward()
+        assert x.grad.shape == x.shape
+        assert all(torch.count_nonzero(p.grad) == 0 for p in module.parameters())

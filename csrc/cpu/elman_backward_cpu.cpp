@@ -47,6 +47,7 @@ struct WeightGrads {
   Tensor prev;              // scratch: the previous states of one block's rows
 
   void add_steps(int64_t t_begin, int64_t t_end) {
+    if (t_begin >= t_end) return;
     const auto [first, rows] = block_rows(L, t_begin, t_end);
     const int64_t H = dz.size(1);
     Tensor prev_rows = prev.narrow(0, 0, rows);
