@@ -23,11 +23,11 @@ using torch::autograd::variable_list;
 std::tuple<Tensor, Tensor> call_forward(const Tensor& input, const Tensor& hx,
                                         at::TensorList weights,
                                         const std::optional<Tensor>& batch_sizes, bool relu) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rnnkern::elman_layer", "")
-                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                               at::TensorList,
-                                                               const std::optional<Tensor>&, bool)>();
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("rnnkern::elman_layer", "")
+          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, at::TensorList,
+                                            const std::optional<Tensor>&, bool)>();
   return op.call(input, hx, weights, batch_sizes, relu);
 }
 
@@ -41,8 +41,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> call_backward(
           .typed<std::tuple<Tensor, Tensor, std::vector<Tensor>>(
               const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList,
               const Tensor&, const std::optional<Tensor>&, bool, std::array<bool, 3>)>();
-  return op.call(grad_output, grad_h_n, input, hx, weights, output, batch_sizes, relu,
-                 output_mask);
+  return op.call(grad_output, grad_h_n, input, hx, weights, output, batch_sizes, relu, output_mask);
 }
 
 class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
@@ -78,7 +77,8 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
         call_backward(grads[0], grads[1], input, hx, weights, output, batch_sizes,
                       ctx->saved_data["relu"].toBool(), {need_input, need_hx, need_weights});
 
-    // One gradient per forward argument, the list expanded: input, hx, weights..., batch_sizes, relu.
+    // One gradient per forward argument, the list expanded: input, hx, weights..., batch_sizes,
+    // relu.
     variable_list result{need_input ? grad_input : Tensor(), need_hx ? grad_hx : Tensor()};
     for (size_t i = 0; i < n; ++i)
       result.push_back(need_weights && ctx->needs_input_grad(2 + i) ? grad_weights[i] : Tensor());
