@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: build demo test speed lint format clean
+.PHONY: build demo test speed bench bench-pytest lint format clean
 
 $(INSTALLED): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,3 +38,11 @@ format: $(INSTALLED)
 
 clean:
 	rm -rf build rnnkern/_C*.so *.egg-info
+
+# The benchmark runner's default sweep (a few minutes on 2 cores); results in bench-out/.
+bench: build
+	$(PY) -m benchmarks.run
+
+# The pytest-benchmark suite (not part of `make test`).
+bench-pytest: build
+	$(PY) -m pytest benchmarks --benchmark-only

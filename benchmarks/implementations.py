@@ -1,0 +1,153 @@
+"""The things a user would otherwise pick, each built from one reference torch.nn.RNN's weights.
+
+Every implementation is a callable ``fn(x, h0) -> (output, h_n)`` on sequence-first input, so the
+runner can check it against nn.RNN and time it the same way:
+
+- ``rnnkern``: rnnkern.RNN with the same weights.
+- ``nn.RNN``: torch.nn.RNN itself (cuDNN on GPU, ATen on CPU).
+- ``RNNCell loop``: a Python loop over nn.RNNCell, layer by layer and direction by direction, as the
+  tutorials the project grew from teach.
+- ``RNNCell loop (compiled)``: the same loop with the cell's step under torch.compile (compiling
+  the whole loop would unroll thousands of steps). The compiled step takes the weights as
+  arguments, so it compiles once per shape, not once per module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import rnnkern
+
+RnnFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    build: Callable[[nn.RNN], RnnFn]
+
+
+def build_rnnkern(reference: nn.RNN) -> RnnFn:
+    module = rnnkern.RNN(
+        reference.input_size,
+        reference.hidden_size,
+        reference.num_layers,
+        nonlinearity=reference.nonlinearity,
+        bias=reference.bias,
+        bidirectional=reference.bidirectional,
+        device=reference.weight_ih_l0.device,
+        dtype=reference.weight_ih_l0.dtype,
+    )
+    module.load_state_dict(reference.state_dict())
+    return module
+
+
+def build_nn_rnn(reference: nn.RNN) -> RnnFn:
+    return reference
+
+
+def cells_of(reference: nn.RNN) -> list[list[nn.RNNCell]]:
+    """nn.RNNCell copies of each layer and direction of ``reference``: cells[layer][direction]."""
+    directions = 2 if reference.bidirectional else 1
+    cells = []
+    for layer in range(reference.num_layers):
+        row = []
+        for d in range(directions):
+            suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
+            w_ih = getattr(reference, "weight_ih" + suffix)
+            cell = nn.RNNCell(
+                w_ih.shape[1],
+                reference.hidden_size,
+                bias=reference.bias,
+                nonlinearity=reference.nonlinearity,
+                device=w_ih.device,
+                dtype=w_ih.dtype,
+            )
+            names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if reference.bias else [])
+            with torch.no_grad():
+                for name in names:
+                    getattr(cell, name).copy_(getattr(reference, name + suffix))
+            row.append(cell)
+        cells.append(row)
+    return cells
+
+
+def cell_loop(cells: list[list[Callable[[Tensor, Tensor], Tensor]]]) -> RnnFn:
+    """The stacked, possibly bidirectional RNN as a Python loop over per-step cell calls."""
+
+    def run(x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        directions = len(cells[0])
+        layer_input = x
+        finals = []
+        for layer, row in enumerate(cells):
+            outputs = []
+            for d, cell in enumerate(row):
+                h = h0[layer * directions + d]
+                steps = range(x.shape[0] - 1, -1, -1) if d == 1 else range(x.shape[0])
+                per_step = [None] * x.shape[0]
+                for t in steps:
+                    h = cell(layer_input[t], h)
+                    per_step[t] = h
+                outputs.append(torch.stack(per_step))
+                finals.append(h)
+            layer_input = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
+        return layer_input, torch.stack(finals)
+
+    return run
+
+
+def build_cell_loop(reference: nn.RNN) -> RnnFn:
+    return cell_loop(cells_of(reference))
+
+
+def cell_step(
+    x: Tensor,
+    h: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    """nn.RNNCell's step as a function of its weights."""
+    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+compiled_cell_step = torch.compile(cell_step, dynamic=False)
+
+
+def build_compiled_cell_loop(reference: nn.RNN) -> RnnFn:
+    # One compiled entry per shape, dtype and requires_grad pattern: a sweep needs more than
+    # dynamo's default of 8, and past the limit dynamo would silently run the step eagerly, so
+    # raise the limit and make hitting it an error (reported by the runner, not timed).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 1024
+    )
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+
+    def compiled(cell: nn.RNNCell) -> Callable[[Tensor, Tensor], Tensor]:
+        relu = cell.nonlinearity == "relu"
+        return lambda x, h: compiled_cell_step(
+            x, h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, relu
+        )
+
+    return cell_loop([[compiled(cell) for cell in row] for row in cells_of(reference)])
+
+
+IMPLEMENTATIONS = {
+    impl.name: impl
+    for impl in (
+        Implementation("rnnkern", build_rnnkern),
+        Implementation("nn.RNN", build_nn_rnn),
+        Implementation("RNNCell loop", build_cell_loop),
+        Implementation("RNNCell loop (compiled)", build_compiled_cell_loop),
+    )
+}
+BASELINE = "nn.RNN"

@@ -1,0 +1,80 @@
+"""What the runner shows: a Markdown table per configuration, and the throughput plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _title(config) -> str:
+    c = config if isinstance(config, dict) else config.__dict__
+    shape = f"batch {c['batch']}, hidden {c['hidden']}, input {c['input_size']}"
+    extra = f", {c['layers']} layers" if c["layers"] > 1 else ""
+    extra += ", bidirectional" if c["bidirectional"] else ""
+    return f"{c['mode']}, {c['dtype']} on {c['device']}: {shape}{extra}, {c['nonlinearity']}"
+
+
+def table(config, rows: list[dict]) -> str:
+    """Rows: sequence length and implementation; columns: time per step, tokens per second,
+    achieved GFLOP/s (and as a share of the machine's GEMM rate), speedup over nn.RNN."""
+    lines = [
+        f"\n{_title(config)}",
+        "| seq len | implementation | time/step (us) | tokens/s | GFLOP/s | of GEMM peak "
+        "| vs nn.RNN |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['seq_len']} | {r['implementation']} | {r['status'].upper()}: "
+                f"{r.get('note', '')} | | | | |"
+            )
+            continue
+        speedup = r.get("speedup_vs_nn_rnn")
+        lines.append(
+            f"| {r['seq_len']} | {r['implementation']} | {r['us_per_step']:.2f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['gflops']:.2f} | {100 * r['fraction_of_gemm']:.1f}% "
+            f"| {f'{speedup:.2f}x' if speedup else '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_throughput(report: dict, path: Path) -> None:
+    """Tokens per second against sequence length, log axes, one panel per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = report["configs"]
+    columns = min(2, len(configs))
+    rows = (len(configs) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
+    for ax, entry in zip(axes.flat, configs):
+        by_impl: dict[str, list[tuple[int, float]]] = {}
+        for r in entry["results"]:
+            if r["status"] == "ok":
+                by_impl.setdefault(r["implementation"], []).append(
+                    (r["seq_len"], r["tokens_per_s"])
+                )
+        for name, points in by_impl.items():
+            points.sort()
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                "o-",
+                label=name,
+                linewidth=2.5 if name == "rnnkern" else 1.5,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("tokens / s (batch x seq len / s)")
+        ax.set_title(_title(entry["config"]), fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(configs) :]:
+        ax.axis("off")
+    fig.suptitle(report["meta"]["device"] + f", torch {report['meta']['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,448 @@
+"""Benchmark runner: throughput across sequence lengths, rnnkern against what a user would pick.
+
+For every configuration (batch size x hidden size x mode) and sequence length it builds one
+torch.nn.RNN, gives its weights to every implementation (benchmarks/implementations.py), checks
+each one's output against nn.RNN's before timing it (a wrong answer is reported, not timed), then
+times them side by side, interleaved. It prints a table per configuration and writes results.json
+(everything measured, with the device, versions and configuration) and throughput.png (tokens per
+second against sequence length, log axes, one line per implementation) to --out.
+
+    python -m benchmarks.run                       # the default sweep (a few minutes on 2 cores)
+    python -m benchmarks.run --device cuda --dtype bfloat16 --batch-sizes 1 8 --hidden-sizes 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import rnnkern
+
+from .implementations import BASELINE, IMPLEMENTATIONS
+from .report import plot_throughput, table
+from .timing import gemm_gflops, interleaved, summary
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+MODES = ("inference", "forward", "forward+backward")
+# Tolerance of the check against nn.RNN, per dtype: rounding differences only.
+CHECK_TOLERANCE = {
+    torch.float32: 1e-3,
+    torch.float64: 1e-9,
+    torch.bfloat16: 0.1,
+    torch.float16: 0.05,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    device: str
+    dtype: str
+    mode: str
+    batch: int
+    hidden: int
+    input_size: int
+    layers: int
+    bidirectional: bool
+    nonlinearity: str
+
+
+def geometric(start: int, stop: int, factor: int) -> list[int]:
+    values = []
+    value = start
+    while value <= stop:
+        values.append(value)
+        value *= factor
+    return values
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Throughput of rnnkern.RNN and its alternatives across sequence lengths.",
+    )
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument(
+        "--device",
+        default=default_device,
+        choices=["cpu", "cuda"],
+        help=f"where to run (default: {default_device})",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=list(DTYPES),
+        help="parameter and input dtype (default: float32)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["forward+backward"],
+        choices=MODES,
+        help="inference: forward under torch.no_grad; forward: forward with "
+        "autograd recording; forward+backward: one training step "
+        "(default: forward+backward)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=[1, 16],
+        help="batch sizes to sweep (default: 1 16)",
+    )
+    parser.add_argument(
+        "--hidden-sizes",
+        nargs="+",
+        type=int,
+        default=[64, 256],
+        help="hidden sizes to sweep (default: 64 256)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=0,
+        help="input features; 0 means equal to the hidden size (default: 0)",
+    )
+    parser.add_argument("--layers", type=int, default=1, help="stacked layers (default: 1)")
+    parser.add_argument("--bidirectional", action="store_true", help="bidirectional layers")
+    parser.add_argument(
+        "--nonlinearity",
+        default="tanh",
+        choices=["tanh", "relu"],
+        help="activation (default: tanh)",
+    )
+    parser.add_argument(
+        "--seq-lens",
+        nargs="+",
+        type=int,
+        default=geometric(16, 4096, 4),
+        help="sequence lengths (default: 16 64 256 1024 4096)",
+    )
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        default=list(IMPLEMENTATIONS),
+        choices=list(IMPLEMENTATIONS),
+        help="what to compare (default: all); nn.RNN is always included",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed calls per implementation and point (default: 5)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed calls first (default: 2; compilation happens here)",
+    )
+    parser.add_argument(
+        "--max-call-seconds",
+        type=float,
+        default=0.5,
+        help="stop timing an implementation (not nn.RNN) at the sequence lengths "
+        "where one call is predicted to take longer than this, from its time at "
+        "the previous length (default: 0.5); keeps sweeps to minutes",
+    )
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.5,
+        help="skip points whose estimated memory exceeds this fraction of the "
+        "free memory (default: 0.5)",
+    )
+    parser.add_argument(
+        "--out",
+        default="bench-out",
+        help="directory for results.json and throughput.png (default: bench-out)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    if BASELINE not in args.implementations:
+        args.implementations.insert(0, BASELINE)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available to torch here")
+    for name in ("batch_sizes", "hidden_sizes", "seq_lens"):
+        if any(v <= 0 for v in getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} must all be positive")
+    if args.repeats < 1 or args.warmup < 0 or args.layers < 1:
+        parser.error("--repeats and --layers must be >= 1, --warmup >= 0")
+    return args
+
+
+def configs(args: argparse.Namespace) -> list[Config]:
+    return [
+        Config(
+            args.device,
+            args.dtype,
+            mode,
+            batch,
+            hidden,
+            args.input_size or hidden,
+            args.layers,
+            args.bidirectional,
+            args.nonlinearity,
+        )
+        for mode in args.modes
+        for batch in args.batch_sizes
+        for hidden in args.hidden_sizes
+    ]
+
+
+def forward_flops(config: Config, seq_len: int) -> float:
+    """FLOPs of one forward pass: 2 * B * T * H * (I + H) per layer and direction."""
+    directions = 2 if config.bidirectional else 1
+    total = 0.0
+    for layer in range(config.layers):
+        layer_input = config.input_size if layer == 0 else directions * config.hidden
+        total += (
+            directions * 2 * config.batch * seq_len * config.hidden * (layer_input + config.hidden)
+        )
+    return total
+
+
+def mode_flops(config: Config, seq_len: int) -> float:
+    """The forward FLOPs, times 3 for a training step (backward does about twice the forward)."""
+    return forward_flops(config, seq_len) * (3 if config.mode == "forward+backward" else 1)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def estimated_bytes(config: Config, seq_len: int) -> int:
+    """A generous estimate of one implementation's peak memory: inputs, every layer's outputs,
+    and what autograd keeps for a Python cell loop (several tensors per step)."""
+    directions = 2 if config.bidirectional else 1
+    element = DTYPES[config.dtype].itemsize
+    per_step = config.batch * (config.input_size + 6 * config.layers * directions * config.hidden)
+    return per_step * seq_len * element * (3 if config.mode == "forward+backward" else 1)
+
+
+def make_call(fn, x: torch.Tensor, h0: torch.Tensor, mode: str):
+    """The unit of work timed for a mode."""
+    if mode == "inference":
+
+        def call():
+            with torch.no_grad():
+                return fn(x, h0)
+    elif mode == "forward":
+
+        def call():
+            return fn(x, h0)
+    else:
+
+        def call():
+            out, h_n = fn(x, h0)
+            (out.float().sum() + h_n.float().sum()).backward()
+
+    return call
+
+
+def check(fn, reference_output, x, h0, dtype) -> float:
+    """The largest difference from nn.RNN's output and final state (inf if shapes differ)."""
+    with torch.no_grad():
+        out, h_n = fn(x, h0)
+    ref_out, ref_hn = reference_output
+    if out.shape != ref_out.shape or h_n.shape != ref_hn.shape:
+        return math.inf
+    return max((out - ref_out).abs().max().item(), (h_n - ref_hn).abs().max().item())
+
+
+def measure_point(
+    config: Config,
+    seq_len: int,
+    implementations: list[str],
+    repeats: int,
+    warmup: int,
+    memory_fraction: float,
+    gemm: float,
+    too_slow: dict[str, str] | None = None,
+) -> list[dict]:
+    """Checks and times every implementation at one point; `too_slow` names those to skip, with
+    the reason."""
+    device, dtype = torch.device(config.device), DTYPES[config.dtype]
+    base = {"seq_len": seq_len}
+    too_slow = too_slow or {}
+    if estimated_bytes(config, seq_len) > memory_fraction * free_memory_bytes(device):
+        note = f"needs about {estimated_bytes(config, seq_len) / 2**30:.1f} GiB of memory"
+        return [
+            {**base, "implementation": name, "status": "skipped", "note": note}
+            for name in implementations
+        ]
+
+    torch.manual_seed(seq_len)
+    reference = nn.RNN(
+        config.input_size,
+        config.hidden,
+        config.layers,
+        nonlinearity=config.nonlinearity,
+        bidirectional=config.bidirectional,
+        device=device,
+        dtype=dtype,
+    )
+    directions = 2 if config.bidirectional else 1
+    x = torch.randn(seq_len, config.batch, config.input_size, device=device, dtype=dtype)
+    h0 = torch.randn(
+        config.layers * directions, config.batch, config.hidden, device=device, dtype=dtype
+    )
+    if config.mode == "forward+backward":
+        x.requires_grad_()
+    with torch.no_grad():
+        reference_output = reference(x, h0)
+
+    results, calls = {}, {}
+    for name in implementations:
+        entry = {**base, "implementation": name}
+        if name in too_slow:
+            entry.update(status="skipped", note=too_slow[name])
+            results[name] = entry
+            continue
+        try:
+            fn = IMPLEMENTATIONS[name].build(reference)
+            error = check(fn, reference_output, x, h0, dtype)
+            entry["max_abs_error"] = error
+            if not error <= CHECK_TOLERANCE[dtype]:
+                entry.update(status="wrong", note=f"differs from nn.RNN by {error:.3g}")
+            else:
+                entry["status"] = "ok"
+                calls[name] = make_call(fn, x, h0, config.mode)
+        except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
+            entry.update(status="skipped", note=f"out of memory: {str(e)[:120]}")
+        except Exception as e:  # noqa: BLE001 - a failing implementation is a result, not a crash
+            entry.update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
+        results[name] = entry
+
+    try:
+        times = interleaved(calls, device, repeats, warmup)
+    except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
+        for name in calls:
+            results[name].update(status="skipped", note=f"out of memory: {str(e)[:120]}")
+        times = {}
+    flops = mode_flops(config, seq_len)
+    baseline = summary(times[BASELINE])["median_s"] if BASELINE in times else None
+    for name, t in times.items():
+        stats = summary(t)
+        median = stats["median_s"]
+        results[name].update(
+            times_s=t,
+            **stats,
+            us_per_step=median / seq_len * 1e6,
+            tokens_per_s=config.batch * seq_len / median,
+            gflops=flops / median / 1e9,
+            fraction_of_gemm=flops / median / 1e9 / gemm,
+            speedup_vs_nn_rnn=(baseline / median) if baseline else None,
+        )
+    return [results[name] for name in implementations]
+
+
+def progress(done: int, total: int, what: str, quiet: bool) -> None:
+    if quiet:
+        return
+    width = 30
+    filled = int(width * done / total)
+    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what}"
+    print(f"{line[:110]:<110}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    gemm = gemm_gflops(device, dtype)
+    meta = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "rnnkern": rnnkern.__version__,
+        "rnnkern_cpu_isa": rnnkern.cpu_isa(),
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "gemm_gflops": gemm,
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    print(
+        f"{meta['device']}, torch {meta['torch']}, rnnkern {meta['rnnkern']} "
+        f"({meta['rnnkern_cpu_isa']}); one {args.dtype} GEMM runs at {gemm:.0f} GFLOP/s"
+    )
+
+    all_configs = configs(args)
+    total = len(all_configs) * len(args.seq_lens)
+    done = 0
+    report = {"meta": meta, "configs": []}
+    for config in all_configs:
+        rows = []
+        last: dict[str, tuple[int, float]] = {}  # implementation -> (seq len, seconds per call)
+        for seq_len in sorted(args.seq_lens):
+            progress(
+                done,
+                total,
+                f"{config.mode} batch {config.batch} hidden {config.hidden} seq {seq_len}",
+                args.quiet,
+            )
+            too_slow = {
+                name: f"about {t * seq_len / n:.1f} s per call predicted from seq len "
+                f"{n} (over --max-call-seconds {args.max_call_seconds})"
+                for name, (n, t) in last.items()
+                if name != BASELINE and t * seq_len / n > args.max_call_seconds
+            }
+            point = measure_point(
+                config,
+                seq_len,
+                args.implementations,
+                args.repeats,
+                args.warmup,
+                args.memory_fraction,
+                gemm,
+                too_slow,
+            )
+            last.update(
+                {
+                    r["implementation"]: (seq_len, r["median_s"])
+                    for r in point
+                    if r["status"] == "ok"
+                }
+            )
+            rows += point
+            done += 1
+        progress(done, total, "done", args.quiet)
+        report["configs"].append({"config": asdict(config), "results": rows})
+        print(table(config, rows))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    written = [str(out / "results.json")]
+    if not args.no_plot:
+        plot_throughput(report, out / "throughput.png")
+        written.append(str(out / "throughput.png"))
+    print("wrote " + ", ".join(written))
+    return report
+
+
+if __name__ == "__main__":
+    main()

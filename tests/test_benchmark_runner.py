@@ -1,0 +1,162 @@
+"""The benchmark runner's own logic, on a tiny sweep: arguments, the correctness gate, the outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import implementations, run
+from benchmarks.implementations import Implementation
+
+
+def test_defaults():
+    args = run.parse_args([])
+    assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert args.seq_lens == [16, 64, 256, 1024, 4096]
+    assert args.modes == ["forward+backward"]
+    assert set(args.implementations) == set(implementations.IMPLEMENTATIONS)
+
+
+def test_baseline_is_always_measured():
+    args = run.parse_args(["--implementations", "rnnkern"])
+    assert args.implementations == ["nn.RNN", "rnnkern"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--batch-sizes", "0"],
+        ["--seq-lens", "-4"],
+        ["--repeats", "0"],
+        ["--dtype", "int8"],
+        ["--modes", "training"],
+        ["--implementations", "mystery"],
+    ],
+)
+def test_bad_arguments_are_rejected(argv, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def test_forward_flops():
+    config = run.Config(
+        "cpu",
+        "float32",
+        "inference",
+        batch=2,
+        hidden=8,
+        input_size=3,
+        layers=2,
+        bidirectional=True,
+        nonlinearity="tanh",
+    )
+    # layer 0: 2 directions * 2*B*T*H*(I+H); layer 1 takes 2H inputs.
+    expected = 2 * 2 * 2 * 5 * 8 * (3 + 8) + 2 * 2 * 2 * 5 * 8 * (16 + 8)
+    assert run.forward_flops(config, 5) == expected
+    training = run.Config(**{**config.__dict__, "mode": "forward+backward"})
+    assert run.mode_flops(training, 5) == 3 * expected
+
+
+def broken(reference):
+    good = implementations.build_rnnkern(reference)
+
+    def fn(x, h0):
+        out, h_n = good(x, h0)
+        return out * 1.01, h_n
+
+    return fn
+
+
+def crashing(reference):
+    def fn(x, h0):
+        raise RuntimeError("kernel exploded")
+
+    return fn
+
+
+def test_wrong_and_failing_implementations_are_reported_not_timed(monkeypatch):
+    monkeypatch.setitem(run.IMPLEMENTATIONS, "broken", Implementation("broken", broken))
+    monkeypatch.setitem(run.IMPLEMENTATIONS, "crashing", Implementation("crashing", crashing))
+    config = run.Config("cpu", "float32", "forward+backward", 2, 8, 3, 1, False, "tanh")
+    rows = run.measure_point(
+        config,
+        6,
+        ["nn.RNN", "rnnkern", "broken", "crashing"],
+        repeats=2,
+        warmup=1,
+        memory_fraction=0.5,
+        gemm=100.0,
+    )
+    by_name = {r["implementation"]: r for r in rows}
+    assert by_name["broken"]["status"] == "wrong"
+    assert "differs from nn.RNN" in by_name["broken"]["note"]
+    assert "median_s" not in by_name["broken"]
+    assert by_name["crashing"]["status"] == "error"
+    assert "kernel exploded" in by_name["crashing"]["note"]
+    assert by_name["rnnkern"]["status"] == "ok" and by_name["rnnkern"]["max_abs_error"] < 1e-5
+    assert by_name["nn.RNN"]["speedup_vs_nn_rnn"] == 1.0
+
+
+def test_points_that_do_not_fit_are_skipped_with_a_note():
+    config = run.Config("cpu", "float32", "inference", 4, 8, 3, 1, False, "tanh")
+    rows = run.measure_point(
+        config, 10, ["nn.RNN", "rnnkern"], repeats=1, warmup=0, memory_fraction=1e-12, gemm=100.0
+    )
+    assert all(r["status"] == "skipped" and "GiB" in r["note"] for r in rows)
+
+
+def test_cell_loops_match_nn_rnn_bidirectional_stack():
+    torch.manual_seed(0)
+    reference = torch.nn.RNN(3, 5, 2, bidirectional=True, nonlinearity="relu")
+    x, h0 = torch.randn(7, 2, 3), torch.randn(4, 2, 5)
+    expected = reference(x, h0)
+    got = implementations.build_cell_loop(reference)(x, h0)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_tiny_sweep_writes_table_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    run.main(
+        [
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--hidden-sizes",
+            "8",
+            "--seq-lens",
+            "4",
+            "8",
+            "--modes",
+            "inference",
+            "forward+backward",
+            "--implementations",
+            "rnnkern",
+            "RNNCell loop",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("| seq len | implementation |") == 4  # 2 modes x 2 batch sizes
+    report = json.loads((out / "results.json").read_text())
+    assert report["meta"]["gemm_gflops"] > 0 and report["meta"]["torch"] == torch.__version__
+    assert len(report["configs"]) == 4
+    for entry in report["configs"]:
+        assert entry["config"]["hidden"] == 8
+        assert [r["seq_len"] for r in entry["results"]] == [4, 4, 4, 8, 8, 8]
+        for r in entry["results"]:
+            assert r["status"] == "ok", r
+            assert r["tokens_per_s"] > 0 and r["gflops"] > 0 and len(r["times_s"]) == 2
+    png = (out / "throughput.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
