@@ -90,15 +90,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
+        metavar="MODE",
         default=["forward+backward"],
         choices=MODES,
-        help="inference: forward under torch.no_grad; forward: forward with "
+        help="of inference (forward under torch.no_grad), forward (forward with "
         "autograd recording; forward+backward: one training step "
         "(default: forward+backward)",
     )
     parser.add_argument(
         "--batch-sizes",
         nargs="+",
+        metavar="N",
         type=int,
         default=[1, 16],
         help="batch sizes to sweep (default: 1 16)",
@@ -106,6 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--hidden-sizes",
         nargs="+",
+        metavar="N",
         type=int,
         default=[64, 256],
         help="hidden sizes to sweep (default: 64 256)",
@@ -127,6 +130,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seq-lens",
         nargs="+",
+        metavar="N",
         type=int,
         default=geometric(16, 4096, 4),
         help="sequence lengths (default: 16 64 256 1024 4096)",
@@ -134,9 +138,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--implementations",
         nargs="+",
+        metavar="NAME",
         default=list(IMPLEMENTATIONS),
         choices=list(IMPLEMENTATIONS),
-        help="what to compare (default: all); nn.RNN is always included",
+        help=f"what to compare, of {', '.join(IMPLEMENTATIONS)} (default: all); nn.RNN, the "
+        "baseline, is always included",
     )
     parser.add_argument(
         "--repeats",

@@ -137,7 +137,7 @@ def test_tiny_sweep_writes_table_json_and_plot(tmp_path, capsys):
             "forward+backward",
             "--implementations",
             "rnnkern",
-            "RNNCell loop",
+            "RNNCell-loop",
             "--repeats",
             "2",
             "--warmup",
