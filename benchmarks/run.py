@@ -93,9 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="MODE",
         default=["forward+backward"],
         choices=MODES,
-        help="of inference (forward under torch.no_grad), forward (forward with "
-        "autograd recording; forward+backward: one training step "
-        "(default: forward+backward)",
+        help="any of: inference (forward under torch.no_grad), forward (forward with autograd "
+        "recording), forward+backward (one training step); default: forward+backward",
     )
     parser.add_argument(
         "--batch-sizes",
