@@ -14,13 +14,14 @@ def _title(config) -> str:
 
 
 def table(config, rows: list[dict]) -> str:
-    """Rows: sequence length and implementation; columns: time per step, tokens per second,
-    achieved GFLOP/s (and as a share of the machine's GEMM rate), speedup over nn.RNN."""
+    """Rows: sequence length and implementation; columns: median time per step, its spread (the
+    interquartile range over the median), tokens per second, achieved GFLOP/s (and as a share of
+    the machine's GEMM rate), speedup over nn.RNN."""
     lines = [
         f"\n{_title(config)}",
-        "| seq len | implementation | time/step (us) | tokens/s | GFLOP/s | of GEMM peak "
-        "| vs nn.RNN |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| seq len | implementation | time/step (us) | spread | tokens/s | GFLOP/s "
+        "| of GEMM peak | vs nn.RNN |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if r["status"] != "ok":
@@ -30,8 +31,9 @@ def table(config, rows: list[dict]) -> str:
             )
             continue
         speedup = r.get("speedup_vs_nn_rnn")
+        spread = (r["q3_s"] - r["q1_s"]) / r["median_s"]
         lines.append(
-            f"| {r['seq_len']} | {r['implementation']} | {r['us_per_step']:.2f} "
+            f"| {r['seq_len']} | {r['implementation']} | {r['us_per_step']:.2f} | {100 * spread:.0f}% "
             f"| {r['tokens_per_s']:,.0f} | {r['gflops']:.2f} | {100 * r['fraction_of_gemm']:.1f}% "
             f"| {f'{speedup:.2f}x' if speedup else '-'} |"
         )
