@@ -1,5 +1,6 @@
 #include "elman_layer_args.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -107,6 +108,12 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
     }
   }
   return s;
+}
+
+at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
+                            const at::Tensor& (*role)(at::TensorList, const LayerShape&, int64_t)) {
+  if (s.directions == 1) return role(w, s, 0);
+  return at::cat({role(w, s, 0), role(w, s, 1)});
 }
 
 }  // namespace rnnkern

@@ -16,6 +16,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -41,6 +42,19 @@ struct LayerShape {
   int64_t weights_per_direction() const { return has_bias ? 4 : 2; }
 };
 
+// The step before step t in one direction's processing order (forward: t - 1, reverse: t + 1;
+// -1 or T when there is none), and how many of step t's rows carry their state over from it: the
+// first `carried` rows of t continue rows of `step`, the others start from h0.
+struct PreviousStep {
+  int64_t step;
+  int64_t carried;
+};
+inline PreviousStep previous_step(const SequenceLayout& L, bool reverse, int64_t t) {
+  const int64_t before = reverse ? t + 1 : t - 1;
+  const bool exists = before >= 0 && before < L.steps;
+  return {before, exists ? std::min(L.rows[t], L.rows[before]) : 0};
+}
+
 // Checks every argument of elman_layer (shapes, dtypes, devices, batch_sizes) and raises a
 // c10::Error that names the argument, what was expected and what came. `op` prefixes the message.
 LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
@@ -59,5 +73,9 @@ inline const at::Tensor& bias_ih(at::TensorList w, const LayerShape& s, int64_t 
 inline const at::Tensor& bias_hh(at::TensorList w, const LayerShape& s, int64_t d) {
   return w[d * s.weights_per_direction() + 3];
 }
+
+// Both directions' weights of one role, stacked along the output dimension (one GEMM serves both).
+at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
+                            const at::Tensor& (*role)(at::TensorList, const LayerShape&, int64_t));
 
 }  // namespace rnnkern

@@ -25,4 +25,14 @@ PYBIND11_MODULE(_C, module) {
   module.def(
       "cpu_isa", [] { return std::string(rnnkern::cpu::kernels<float>().isa); },
       "The instruction set of the CPU kernels in use: 'avx512', 'avx2' or 'generic'.");
+  module.def(
+      "has_cuda_kernels",
+      [] {
+#if defined(RNNKERN_WITH_CUDA)
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
 }

@@ -12,6 +12,7 @@ The autograd formula of elman_layer (the fused BPTT op elman_layer_backward) is 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -22,11 +23,16 @@ from . import _C  # noqa: F401  (importing the extension registers the operators
 elman_layer_op = torch.ops.rnnkern.elman_layer.default
 elman_layer_backward_op = torch.ops.rnnkern.elman_layer_backward.default
 
-# Devices and dtypes with a compiled kernel in this build. Anything else is run by torch's own RNN.
+# Devices and dtypes with a compiled kernel in use. Anything else is run by torch's own RNN.
 KERNEL_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "meta": (torch.float32, torch.float64),  # shapes only, from the fake implementations below
 }
+# The CUDA kernels (csrc/cuda/) are compiled wherever torch has CUDA and nvcc is found, but have not
+# yet run on a GPU: until they have, they are used only when asked for with RNNKERN_CUDA_KERNELS=1.
+CUDA_KERNELS_ENABLED = _C.has_cuda_kernels() and os.environ.get("RNNKERN_CUDA_KERNELS") == "1"
+if CUDA_KERNELS_ENABLED:
+    KERNEL_DTYPES["cuda"] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:

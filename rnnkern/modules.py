@@ -18,11 +18,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._ops import has_kernel
+from ._ops import KERNEL_DTYPES, has_kernel
 from .functional import elman_layer, elman_rnn
 
 _NONLINEARITIES = ("tanh", "relu")
 _warned_fallback: set[tuple[str, torch.dtype]] = set()
+
+
+def kernels_in_use() -> str:
+    return "; ".join(
+        f"{device} " + "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        for device, dtypes in KERNEL_DTYPES.items()
+        if device != "meta"
+    )
 
 
 def _warn_fallback(module: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -32,7 +40,7 @@ def _warn_fallback(module: str, device: torch.device, dtype: torch.dtype) -> Non
         warnings.warn(
             f"rnnkern.{module}: this build has no fused kernel for {device.type} tensors of dtype "
             f"{dtype}; running torch's own RNN implementation (same results, nn.RNN's speed). "
-            "Kernels exist for: CPU float32/float64.",
+            f"Fused kernels in use: {kernels_in_use()}.",
             stacklevel=3,
         )
 

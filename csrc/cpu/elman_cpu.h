@@ -30,10 +30,6 @@ void check_cpu(const char* op, const at::Tensor& input);
 
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
-// Both directions' weights of one role, stacked along the output dimension (one GEMM for both).
-at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
-                            const at::Tensor& (*role)(at::TensorList, const LayerShape&, int64_t));
-
 // Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
 // small enough that the recurrence does not wait long for the first one.
 constexpr int64_t kPipelineStepsPerBlock = 32;

@@ -138,9 +138,7 @@ void gather_previous_states(const SequenceLayout& L, bool reverse, Columns<const
                             const T* h0, int64_t H, int64_t t_begin, int64_t t_end, T* prev) {
   for (int64_t t = t_begin; t < t_end; ++t) {
     const int64_t n = L.rows[t];
-    // The step before t in processing order, and how many of its rows carry on into t.
-    const int64_t before = reverse ? t + 1 : t - 1;
-    const int64_t carried = (before >= 0 && before < L.steps) ? std::min(n, L.rows[before]) : 0;
+    const auto [before, carried] = previous_step(L, reverse, t);
     T* dst = prev + (L.offset[t] - L.offset[t_begin]) * H;
     for (int64_t r = 0; r < carried; ++r)
       std::memcpy(dst + r * H, out.row(L.offset[before] + r), H * sizeof(T));

@@ -1,0 +1,212 @@
+// CUDA implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward: the per-step path.
+//
+// Each step runs one cuBLAS GEMM (at::addmm_ / at::mm_out on the current stream) and one fused
+// elementwise kernel. In the forward that kernel applies the activation and copies h_t into the state.
+// In the backward it forms dZ_t = (dh + dY_t) * act'(h_t). Around the time loops, the GEMMs over all
+// steps are the CPU path's (see csrc/cpu/). This is the correct fallback that issue 4's persistent
+// kernels will sit beside, for hidden sizes whose W_hh does not fit on chip.
+//
+// NOT YET RUN ON A GPU. It is compiled in CI. rnnkern/_ops.py uses it only when
+// RNNKERN_CUDA_KERNELS=1; otherwise CUDA tensors run torch's own RNN (cuDNN) as before.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "../elman_layer_args.h"
+
+namespace rnnkern::cuda {
+namespace {
+
+using at::Tensor;
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t elements) {
+  return static_cast<int>(std::min<int64_t>((elements + kThreads - 1) / kThreads, 65535));
+}
+
+template <typename T>
+__device__ __forceinline__ at::opmath_type<T> activate(at::opmath_type<T> z, bool relu) {
+  // relu keeps NaN (z <= 0 is false for NaN), as torch.relu does.
+  return relu ? (z <= 0 ? at::opmath_type<T>(0) : z) : ::tanh(z);
+}
+
+// y[r, j] = act(y[r, j]) and state[r, j] = that, for r < rows, j < hidden (y rows at stride ld).
+template <typename T>
+__global__ void activate_rows_kernel(T* y, int64_t ld, T* state, int64_t rows, int64_t hidden,
+                                     bool relu) {
+  const int64_t total = rows * hidden;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t r = i / hidden, j = i % hidden;
+    const T h = static_cast<T>(activate<T>(static_cast<at::opmath_type<T>>(y[r * ld + j]), relu));
+    y[r * ld + j] = h;
+    state[i] = h;
+  }
+}
+
+// dz[r, j] = (dstate[r, j] + dy[r, j]) * act'(y[r, j]), act' written in terms of the output y.
+template <typename T>
+__global__ void activation_backward_kernel(const T* dstate, const T* dy, const T* y, int64_t ld,
+                                           T* dz, int64_t rows, int64_t hidden, bool relu) {
+  using O = at::opmath_type<T>;
+  const int64_t total = rows * hidden;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t r = i / hidden, j = i % hidden;
+    const O g = static_cast<O>(dstate[i]) + static_cast<O>(dy[r * ld + j]);
+    const O h = static_cast<O>(y[r * ld + j]);
+    dz[r * ld + j] = static_cast<T>(relu ? (h <= 0 ? O(0) : g) : g * (O(1) - h * h));
+  }
+}
+
+// prev[i, :] = source[i] >= 0 ? y[source[i], :] : h0[-source[i] - 1, :] (y rows at stride ld).
+template <typename T>
+__global__ void gather_previous_kernel(const int64_t* source, const T* y, int64_t ld, const T* h0,
+                                       T* prev, int64_t rows, int64_t hidden) {
+  const int64_t total = rows * hidden;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t r = i / hidden, j = i % hidden;
+    const int64_t s = source[r];
+    prev[i] = s >= 0 ? y[s * ld + j] : h0[(-s - 1) * hidden + j];
+  }
+}
+
+// For every row of one direction, where its previous state lives: a row of the output (>= 0), or
+// row b of h0 (encoded -b - 1). Built on the host from the layout, then copied to the device.
+Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::Device& device) {
+  std::vector<int64_t> source(L.total_rows);
+  for (int64_t t = 0; t < L.steps; ++t) {
+    const auto [before, carried] = previous_step(L, reverse, t);
+    for (int64_t r = 0; r < L.rows[t]; ++r)
+      source[L.offset[t] + r] = r < carried ? L.offset[before] + r : -r - 1;
+  }
+  return at::tensor(source, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/false);
+}
+
+void check_cuda(const char* op, const Tensor& input) {
+  TORCH_CHECK(input.is_cuda(), op, ": expected CUDA tensors, got ", input.device());
+}
+
+std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& hx,
+                                            at::TensorList weights,
+                                            const std::optional<Tensor>& batch_sizes, bool relu) {
+  constexpr const char* op = "rnnkern::elman_layer";
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  check_cuda(op, input);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const SequenceLayout& L = s.layout;
+  const int64_t H = s.hidden, D = s.directions, ld = D * H;
+
+  const Tensor x = input.reshape({L.total_rows, s.input_size});
+  const Tensor w_ih_t = stack_directions(s, weights, weight_ih).t();
+  Tensor out = s.has_bias ? at::addmm(stack_directions(s, weights, bias_ih) +
+                                          stack_directions(s, weights, bias_hh),
+                                      x, w_ih_t)
+                          : at::mm(x, w_ih_t);
+  Tensor h_n = hx.contiguous().clone();
+  const auto stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_cuda", [&] {
+    for (int64_t d = 0; d < D; ++d) {
+      Tensor state = h_n.select(0, d);
+      const Tensor w_hh_t = weight_hh(weights, s, d).t();
+      for (int64_t i = 0; i < L.steps; ++i) {
+        const int64_t t = d == 1 ? L.steps - 1 - i : i;
+        const int64_t n = L.rows[t];
+        Tensor y = out.narrow(0, L.offset[t], n).narrow(1, d * H, H);
+        y.addmm_(state.narrow(0, 0, n), w_hh_t);
+        activate_rows_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
+            y.data_ptr<scalar_t>(), ld, state.data_ptr<scalar_t>(), n, H, relu);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  if (!s.packed) out = out.view({L.steps, L.batch, ld});
+  return {out, h_n};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
+    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes,
+    bool relu, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "rnnkern::elman_layer_backward";
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  check_cuda(op, input);
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes() && grad_output.numel() == output.numel() &&
+                  output.numel() == s.layout.total_rows * s.directions * s.hidden,
+              op, ": grad_h_n must have hx's shape and grad_output the output's");
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  const SequenceLayout& L = s.layout;
+  const int64_t H = s.hidden, D = s.directions, N = L.total_rows, ld = D * H;
+  const auto [need_input, need_hx, need_weights] = output_mask;
+
+  const Tensor x = input.reshape({N, s.input_size});
+  const Tensor y = output.reshape({N, ld}).contiguous();
+  const Tensor dy = grad_output.reshape({N, ld}).contiguous();
+  const Tensor h0 = hx.contiguous();
+  Tensor dz = at::empty({N, ld}, input.options());
+  Tensor dhx = grad_h_n.contiguous().clone();
+  std::vector<Tensor> grad_weights;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_backward_cuda", [&] {
+    for (int64_t d = 0; d < D; ++d) {
+      Tensor dstate = dhx.select(0, d);
+      const Tensor& w_hh = weight_hh(weights, s, d);
+      // The reverse of processing order: forward visits T-1..0, reverse 0..T-1.
+      for (int64_t i = 0; i < L.steps; ++i) {
+        const int64_t t = d == 1 ? i : L.steps - 1 - i;
+        const int64_t n = L.rows[t], first = L.offset[t];
+        activation_backward_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
+            dstate.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>() + first * ld + d * H,
+            y.data_ptr<scalar_t>() + first * ld + d * H, ld,
+            dz.data_ptr<scalar_t>() + first * ld + d * H, n, H, relu);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        Tensor dstate_rows = dstate.narrow(0, 0, n);
+        at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, d * H, H), w_hh);
+      }
+      if (!need_weights) continue;
+      const Tensor dz_d = dz.narrow(1, d * H, H);
+      const Tensor sources = previous_state_sources(L, d == 1, input.device());
+      Tensor prev = at::empty({N, H}, input.options());
+      gather_previous_kernel<scalar_t><<<blocks_for(N * H), kThreads, 0, stream>>>(
+          sources.data_ptr<int64_t>(), y.data_ptr<scalar_t>() + d * H, ld,
+          h0.select(0, d).data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(), N, H);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      grad_weights.push_back(at::mm(dz_d.t(), x));
+      grad_weights.push_back(at::mm(dz_d.t(), prev));
+      if (s.has_bias) {
+        Tensor db = dz_d.sum(0);
+        grad_weights.push_back(db.clone());
+        grad_weights.push_back(db);
+      }
+    }
+  });
+
+  Tensor grad_input = need_input
+                          ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
+                          : at::empty({0}, input.options());
+  if (!need_hx) dhx = at::empty({0}, input.options());
+  return {grad_input, dhx, grad_weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnkern, CUDA, m) {
+  m.impl("elman_layer", &elman_layer_cuda);
+  m.impl("elman_layer_backward", &elman_layer_backward_cuda);
+}
+
+}  // namespace rnnkern::cuda
