@@ -9,5 +9,4 @@ void check_cpu(const char* op, const at::Tensor& input) {
               ": the CPU kernels support float32 and float64, got ", input.scalar_type());
 }
 
-
 }  // namespace rnnkern::cpu

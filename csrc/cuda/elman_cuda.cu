@@ -1,10 +1,11 @@
-// CUDA implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward: the per-step path.
+// CUDA implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward: the per-step
+// path.
 //
 // Each step runs one cuBLAS GEMM (at::addmm_ / at::mm_out on the current stream) and one fused
-// elementwise kernel. In the forward that kernel applies the activation and copies h_t into the state.
-// In the backward it forms dZ_t = (dh + dY_t) * act'(h_t). Around the time loops, the GEMMs over all
-// steps are the CPU path's (see csrc/cpu/). This is the correct fallback that issue 4's persistent
-// kernels will sit beside, for hidden sizes whose W_hh does not fit on chip.
+// elementwise kernel. In the forward that kernel applies the activation and copies h_t into the
+// state. In the backward it forms dZ_t = (dh + dY_t) * act'(h_t). Around the time loops, the GEMMs
+// over all steps are the CPU path's (see csrc/cpu/). This is the correct fallback that issue 4's
+// persistent kernels will sit beside, for hidden sizes whose W_hh does not fit on chip.
 //
 // NOT YET RUN ON A GPU. It is compiled in CI. rnnkern/_ops.py uses it only when
 // RNNKERN_CUDA_KERNELS=1; otherwise CUDA tensors run torch's own RNN (cuDNN) as before.
@@ -90,7 +91,8 @@ Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::D
     for (int64_t r = 0; r < L.rows[t]; ++r)
       source[L.offset[t] + r] = r < carried ? L.offset[before] + r : -r - 1;
   }
-  return at::tensor(source, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/false);
+  return at::tensor(source, at::TensorOptions().dtype(at::kLong))
+      .to(device, /*non_blocking=*/false);
 }
 
 void check_cuda(const char* op, const Tensor& input) {
@@ -110,28 +112,30 @@ std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& h
 
   const Tensor x = input.reshape({L.total_rows, s.input_size});
   const Tensor w_ih_t = stack_directions(s, weights, weight_ih).t();
-  Tensor out = s.has_bias ? at::addmm(stack_directions(s, weights, bias_ih) +
-                                          stack_directions(s, weights, bias_hh),
-                                      x, w_ih_t)
-                          : at::mm(x, w_ih_t);
+  Tensor out =
+      s.has_bias
+          ? at::addmm(stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh),
+                      x, w_ih_t)
+          : at::mm(x, w_ih_t);
   Tensor h_n = hx.contiguous().clone();
   const auto stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_cuda", [&] {
-    for (int64_t d = 0; d < D; ++d) {
-      Tensor state = h_n.select(0, d);
-      const Tensor w_hh_t = weight_hh(weights, s, d).t();
-      for (int64_t i = 0; i < L.steps; ++i) {
-        const int64_t t = d == 1 ? L.steps - 1 - i : i;
-        const int64_t n = L.rows[t];
-        Tensor y = out.narrow(0, L.offset[t], n).narrow(1, d * H, H);
-        y.addmm_(state.narrow(0, 0, n), w_hh_t);
-        activate_rows_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
-            y.data_ptr<scalar_t>(), ld, state.data_ptr<scalar_t>(), n, H, relu);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_cuda", [&] {
+        for (int64_t d = 0; d < D; ++d) {
+          Tensor state = h_n.select(0, d);
+          const Tensor w_hh_t = weight_hh(weights, s, d).t();
+          for (int64_t i = 0; i < L.steps; ++i) {
+            const int64_t t = d == 1 ? L.steps - 1 - i : i;
+            const int64_t n = L.rows[t];
+            Tensor y = out.narrow(0, L.offset[t], n).narrow(1, d * H, H);
+            y.addmm_(state.narrow(0, 0, n), w_hh_t);
+            activate_rows_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
+                y.data_ptr<scalar_t>(), ld, state.data_ptr<scalar_t>(), n, H, relu);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        }
+      });
   if (!s.packed) out = out.view({L.steps, L.batch, ld});
   return {out, h_n};
 }
@@ -161,39 +165,40 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
   std::vector<Tensor> grad_weights;
   const auto stream = at::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_backward_cuda", [&] {
-    for (int64_t d = 0; d < D; ++d) {
-      Tensor dstate = dhx.select(0, d);
-      const Tensor& w_hh = weight_hh(weights, s, d);
-      // The reverse of processing order: forward visits T-1..0, reverse 0..T-1.
-      for (int64_t i = 0; i < L.steps; ++i) {
-        const int64_t t = d == 1 ? i : L.steps - 1 - i;
-        const int64_t n = L.rows[t], first = L.offset[t];
-        activation_backward_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
-            dstate.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>() + first * ld + d * H,
-            y.data_ptr<scalar_t>() + first * ld + d * H, ld,
-            dz.data_ptr<scalar_t>() + first * ld + d * H, n, H, relu);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        Tensor dstate_rows = dstate.narrow(0, 0, n);
-        at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, d * H, H), w_hh);
-      }
-      if (!need_weights) continue;
-      const Tensor dz_d = dz.narrow(1, d * H, H);
-      const Tensor sources = previous_state_sources(L, d == 1, input.device());
-      Tensor prev = at::empty({N, H}, input.options());
-      gather_previous_kernel<scalar_t><<<blocks_for(N * H), kThreads, 0, stream>>>(
-          sources.data_ptr<int64_t>(), y.data_ptr<scalar_t>() + d * H, ld,
-          h0.select(0, d).data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(), N, H);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_weights.push_back(at::mm(dz_d.t(), x));
-      grad_weights.push_back(at::mm(dz_d.t(), prev));
-      if (s.has_bias) {
-        Tensor db = dz_d.sum(0);
-        grad_weights.push_back(db.clone());
-        grad_weights.push_back(db);
-      }
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_backward_cuda", [&] {
+        for (int64_t d = 0; d < D; ++d) {
+          Tensor dstate = dhx.select(0, d);
+          const Tensor& w_hh = weight_hh(weights, s, d);
+          // The reverse of processing order: forward visits T-1..0, reverse 0..T-1.
+          for (int64_t i = 0; i < L.steps; ++i) {
+            const int64_t t = d == 1 ? i : L.steps - 1 - i;
+            const int64_t n = L.rows[t], first = L.offset[t];
+            activation_backward_kernel<scalar_t><<<blocks_for(n * H), kThreads, 0, stream>>>(
+                dstate.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>() + first * ld + d * H,
+                y.data_ptr<scalar_t>() + first * ld + d * H, ld,
+                dz.data_ptr<scalar_t>() + first * ld + d * H, n, H, relu);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            Tensor dstate_rows = dstate.narrow(0, 0, n);
+            at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, d * H, H), w_hh);
+          }
+          if (!need_weights) continue;
+          const Tensor dz_d = dz.narrow(1, d * H, H);
+          const Tensor sources = previous_state_sources(L, d == 1, input.device());
+          Tensor prev = at::empty({N, H}, input.options());
+          gather_previous_kernel<scalar_t><<<blocks_for(N * H), kThreads, 0, stream>>>(
+              sources.data_ptr<int64_t>(), y.data_ptr<scalar_t>() + d * H, ld,
+              h0.select(0, d).data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(), N, H);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          grad_weights.push_back(at::mm(dz_d.t(), x));
+          grad_weights.push_back(at::mm(dz_d.t(), prev));
+          if (s.has_bias) {
+            Tensor db = dz_d.sum(0);
+            grad_weights.push_back(db.clone());
+            grad_weights.push_back(db);
+          }
+        }
+      });
 
   Tensor grad_input = need_input
                           ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
