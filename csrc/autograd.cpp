@@ -60,6 +60,11 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // elman_layer_backward has no derivative of its own: with create_graph=True torch would
+    // silently treat it as constant and return zero second derivatives. Refuse instead.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "rnnkern.RNN does not support double backward (create_graph=True: gradients of "
+                "its gradients); torch.nn.RNN on the CPU does, if you need second derivatives");
     const variable_list saved = ctx->get_saved_variables();
     const Tensor& input = saved[0];
     const Tensor& hx = saved[1];

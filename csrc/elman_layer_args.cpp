@@ -45,6 +45,8 @@ SequenceLayout packed_layout(const char* op, const at::Tensor& batch_sizes, int6
     TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op, ": batch_sizes must be non-increasing (sequences ",
                 "sorted by decreasing length, as pack_padded_sequence makes them), got ", b[t - 1],
                 " then ", b[t], " at step ", t);
+    TORCH_CHECK(b[t] <= total_rows - offset, op, ": batch_sizes sum to more than the ", total_rows,
+                " rows of the packed input");
     layout.rows[t] = b[t];
     layout.offset[t] = offset;
     offset += b[t];

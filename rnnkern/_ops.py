@@ -40,10 +40,22 @@ def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype in KERNEL_DTYPES.get(device.type, ())
 
 
+def _check_same_device(op: str, input: Tensor, others: Sequence[Tensor]) -> None:
+    # The dispatcher picks this (meta) implementation as soon as one argument is on the meta device;
+    # mixing devices must fail here as the real kernels would, not return an uninitialised tensor.
+    for t in others:
+        if t.device != input.device:
+            raise RuntimeError(
+                f"{op}: all tensors must be on the device of input ({input.device}), "
+                f"got one on {t.device}"
+            )
+
+
 @torch.library.register_fake("rnnkern::elman_layer")
 def _elman_layer_fake(
     input: Tensor, hx: Tensor, weights: Sequence[Tensor], batch_sizes: Tensor | None, relu: bool
 ) -> tuple[Tensor, Tensor]:
+    _check_same_device("rnnkern::elman_layer", input, [hx, *weights])
     directions, _, hidden = hx.shape
     output = input.new_empty((*input.shape[:-1], directions * hidden))
     return output, hx.new_empty(hx.shape)
@@ -61,6 +73,9 @@ def _elman_layer_backward_fake(
     relu: bool,
     output_mask: Sequence[bool],
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    _check_same_device(
+        "rnnkern::elman_layer_backward", input, [grad_output, grad_h_n, hx, output, *weights]
+    )
     need_input, need_hx, need_weights = output_mask
     grad_input = input.new_empty(input.shape if need_input else (0,))
     grad_hx = hx.new_empty(hx.shape if need_hx else (0,))

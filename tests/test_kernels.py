@@ -81,6 +81,10 @@ ISA_SCRIPT = textwrap.dedent(
         (dict(input_size=3, hidden_size=13, num_layers=2, bidirectional=True), 3, torch.float32),
         (dict(input_size=5, hidden_size=70, nonlinearity="relu"), 40, torch.float32),
         (dict(input_size=2, hidden_size=9, bias=False), 2, torch.float64),
+        # hidden sizes just under the widest register block (AVX2: 64 float32, 32 float64)
+        (dict(input_size=3, hidden_size=60), 1, torch.float32),
+        (dict(input_size=3, hidden_size=47), 2, torch.float32),
+        (dict(input_size=3, hidden_size=30), 1, torch.float64),
     ]:
         torch.manual_seed(0)
         theirs = torch.nn.RNN(**config, dtype=dtype)

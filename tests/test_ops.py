@@ -88,7 +88,8 @@ def test_backward_op_matches_autograd():
     [
         (torch.tensor([2, 3, 1]), "non-increasing"),
         (torch.tensor([3, 0]), "positive"),
-        (torch.tensor([3, 3]), "sum to 6"),
+        (torch.tensor([3, 3]), "sum to more than the 5 rows"),
+        (torch.tensor([2, 2]), "sum to 4"),
         (torch.tensor([3.0, 2.0]), "int64"),
         (torch.tensor([[3, 2]]), "1-D"),
     ],

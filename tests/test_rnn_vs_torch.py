@@ -194,3 +194,26 @@ def test_bitwise_identical_on_one_thread_or_two(config, batch):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# Hidden sizes just under, at and over every register-block width (C vectors x W lanes) of the
+# kernels: AVX-512 float32 128/112/96, AVX2 float32 64/48/32/24, AVX2 float64 32/24/16/12; with
+# batches leaving every row remainder (1-3 rows after the blocks of 4).
+BLOCK_EDGE_HIDDEN = [7, 12, 23, 24, 29, 31, 47, 57, 63, 95, 111, 113, 120, 127, 129]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("hidden", BLOCK_EDGE_HIDDEN)
+def test_every_column_block_shape(dtype, hidden):
+    theirs, ours = rnn_pair(dtype=dtype, input_size=4, hidden_size=hidden)
+    for batch in (1, 2, 3, 5, 6, 7):
+        x = torch.randn(5, batch, 4, dtype=dtype, requires_grad=True)
+        out_o, hn_o = ours(x)
+        out_t, hn_t = theirs(x)
+        assert_close(out_o, out_t, TOL[dtype], f"output, batch {batch}")
+        assert_close(hn_o, hn_t, TOL[dtype], f"h_n, batch {batch}")
+        for a, b in zip(
+            grads((out_o, hn_o), [x, *ours.parameters()]),
+            grads((out_t, hn_t), [x, *theirs.parameters()]),
+        ):
+            assert_close(a, b, GRAD_TOL[dtype], f"grad, batch {batch}")

@@ -55,6 +55,22 @@ constexpr int columns_per_block() {
   return R == 1 ? 8 : R == 2 ? 6 : R == 3 ? 4 : 3;
 }
 
+// matrix_block with Cn = `vectors` chosen at run time, for any 1 <= vectors <= Cn (the last,
+// narrower block of a row: up to C vectors, the last of them possibly partial).
+template <class V, int R, int Cn>
+void narrow_block(int64_t vectors, Epilogue epilogue, Activation act, const typename V::T* x,
+                  int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
+                  typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
+  if constexpr (Cn > 1) {
+    if (vectors < Cn) {
+      narrow_block<V, R, Cn - 1>(vectors, epilogue, act, x, x_stride, k, m, m_stride, out,
+                                 out_stride, col, valid);
+      return;
+    }
+  }
+  matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, valid);
+}
+
 template <class V, int R>
 void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
                 int64_t k, const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
@@ -65,39 +81,10 @@ void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64
   for (; col + kBlockCols <= n; col += kBlockCols)
     matrix_block<V, R, C>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col,
                           kBlockCols);
-  // The remaining columns: one narrower block, its last vector possibly partial.
-  const int64_t rest = n - col;
-  if (rest <= 0) return;
-  const int64_t vectors = (rest + V::kWidth - 1) / V::kWidth;
-  auto narrow = [&](auto c_tag) {
-    constexpr int Cn = decltype(c_tag)::value;
-    matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, rest);
-  };
-  switch (vectors) {
-    case 1:
-      narrow(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      narrow(std::integral_constant<int, 2>{});
-      break;
-    case 3:
-      narrow(std::integral_constant<int, 3>{});
-      break;
-    case 4:
-      narrow(std::integral_constant<int, 4>{});
-      break;
-    case 5:
-      narrow(std::integral_constant<int, 5>{});
-      break;
-    case 6:
-      narrow(std::integral_constant<int, 6>{});
-      break;
-    case 7:
-      narrow(std::integral_constant<int, 7>{});
-      break;
-    default:
-      break;  // unreachable: rest < kBlockCols <= 8 vectors
-  }
+  const int64_t rest = n - col;  // 0 <= rest < C * W: one narrower block, up to C vectors
+  if (rest > 0)
+    narrow_block<V, R, C>((rest + V::kWidth - 1) / V::kWidth, epilogue, act, x, x_stride, k, m,
+                          m_stride, out, out_stride, col, rest);
 }
 
 template <class V>
