@@ -111,3 +111,13 @@ def test_unverified_cuda_kernels_are_opt_in():
     assert enabled == (
         rnnkern._C.has_cuda_kernels() and os.environ.get("RNNKERN_CUDA_KERNELS") == "1"
     )
+
+
+@needs_gpu
+def test_cuda_empty_batch(cuda_kernels):
+    rnn = rnnkern.RNN(3, 8, bidirectional=True, device="cuda")
+    x = torch.randn(5, 0, 3, device="cuda", requires_grad=True)
+    out, h_n = rnn(x)
+    assert out.shape == (5, 0, 16) and h_n.shape == (2, 0, 8)
+    (out.sum() + h_n.sum()).backward()
+    assert x.grad.shape == x.shape

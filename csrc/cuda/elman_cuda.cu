@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
@@ -30,8 +31,10 @@ using at::Tensor;
 
 constexpr int kThreads = 256;
 
+// Grid size for a grid-stride loop over `elements`; at least one block, since a launch with an
+// empty grid is an error and empty batches are valid input.
 int blocks_for(int64_t elements) {
-  return static_cast<int>(std::min<int64_t>((elements + kThreads - 1) / kThreads, 65535));
+  return static_cast<int>(std::clamp<int64_t>((elements + kThreads - 1) / kThreads, 1, 65535));
 }
 
 template <typename T>
