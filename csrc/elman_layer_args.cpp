@@ -118,4 +118,22 @@ at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
   return at::cat({role(w, s, 0), role(w, s, 1)});
 }
 
+void check_backward_args(const char* op, const LayerShape& s, const at::Tensor& grad_output,
+                         const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& hx,
+                         const at::Tensor& output) {
+  const SequenceLayout& L = s.layout;
+  const int64_t DH = s.directions * s.hidden;
+  const std::vector<int64_t> out_shape = s.packed ? std::vector<int64_t>{L.total_rows, DH}
+                                                  : std::vector<int64_t>{L.steps, L.batch, DH};
+  TORCH_CHECK(output.sizes() == c10::IntArrayRef(out_shape) &&
+                  grad_output.sizes() == c10::IntArrayRef(out_shape),
+              op, ": output and grad_output must have shape ", c10::IntArrayRef(out_shape),
+              ", got ", output.sizes(), " and ", grad_output.sizes());
+  TORCH_CHECK(grad_h_n.sizes() == hx.sizes(), op, ": grad_h_n must have the shape of hx ",
+              hx.sizes(), ", got ", grad_h_n.sizes());
+  for (const at::Tensor* t : {&grad_output, &grad_h_n, &output})
+    TORCH_CHECK(t->scalar_type() == input.scalar_type() && t->device() == input.device(), op,
+                ": gradients and output must match input's dtype and device");
+}
+
 }  // namespace rnnkern

@@ -60,6 +60,12 @@ inline PreviousStep previous_step(const SequenceLayout& L, bool reverse, int64_t
 LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
                             at::TensorList weights, const std::optional<at::Tensor>& batch_sizes);
 
+// Checks the arguments elman_layer_backward adds to elman_layer's: output and grad_output of the
+// forward's output shape, grad_h_n of hx's, all of input's dtype and device.
+void check_backward_args(const char* op, const LayerShape& s, const at::Tensor& grad_output,
+                         const at::Tensor& grad_h_n, const at::Tensor& input, const at::Tensor& hx,
+                         const at::Tensor& output);
+
 // The weights of direction d, by role.
 inline const at::Tensor& weight_ih(at::TensorList w, const LayerShape& s, int64_t d) {
   return w[d * s.weights_per_direction()];

@@ -151,9 +151,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
   check_cuda(op, input);
-  TORCH_CHECK(grad_h_n.sizes() == hx.sizes() && grad_output.numel() == output.numel() &&
-                  output.numel() == s.layout.total_rows * s.directions * s.hidden,
-              op, ": grad_h_n must have hx's shape and grad_output the output's");
+  check_backward_args(op, s, grad_output, grad_h_n, input, hx, output);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const SequenceLayout& L = s.layout;
   const int64_t H = s.hidden, D = s.directions, N = L.total_rows, ld = D * H;
