@@ -105,7 +105,15 @@ def extension_modules():
             include_dirs=cuda_library_includes(),
             extra_compile_args={
                 "cxx": [*cxx_flags, "-DRNNKERN_WITH_CUDA"],
-                "nvcc": [*opt, "-DRNNKERN_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo"],
+                "nvcc": [
+                    *opt,
+                    "-DRNNKERN_WITH_CUDA",
+                    "--expt-relaxed-constexpr",
+                    "-lineinfo",
+                    # A kernel that spills registers to local memory fails the build (and so CI),
+                    # and each kernel's registers, shared memory and stack are printed.
+                    "-Xptxas=--warn-on-spills,--warning-as-error,--verbose",
+                ],
             },
             extra_link_args=["-fopenmp"],
         )
