@@ -22,8 +22,8 @@ struct WeightGrads {
   const SequenceLayout& L;
   bool reverse;
   const Tensor& x;
-  const Tensor& dz;  // this direction's (N x H) columns of dZ
-  const Tensor& y;   // this direction's (N x H) columns of the output
+  Tensor dz;  // this direction's (N x H) columns of dZ
+  Tensor y;   // this direction's (N x H) columns of the output
   const T* h0;
   Tensor w_ih, w_hh, bias;  // the sums, zero to begin with
   Tensor prev;              // scratch: the previous states of one block's rows
@@ -80,19 +80,14 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cpu(
           Columns<const scalar_t>{y.data_ptr<scalar_t>() + d * H, D * H},
           Columns<scalar_t>{dz.data_ptr<scalar_t>() + d * H, D * H}, dz, d * H, dstate, after_step);
     };
-    std::vector<Tensor> dz_d, y_d;
     std::vector<WeightGrads<scalar_t>> sums;
-    sums.reserve(D);
-    for (int64_t d = 0; d < D; ++d) {
-      dz_d.push_back(dz.narrow(1, d * H, H));
-      y_d.push_back(y.narrow(1, d * H, H));
-    }
     if (need_weights) {
       const int64_t block_rows_max = pipelined(s) ? kPipelineStepsPerBlock * L.batch : N;
       for (int64_t d = 0; d < D; ++d)
         sums.push_back(WeightGrads<scalar_t>{
-            L, d == 1, x, dz_d[d], y_d[d], h0.select(0, d).data_ptr<scalar_t>(),
-            at::zeros({H, s.input_size}, input.options()), at::zeros({H, H}, input.options()),
+            L, d == 1, x, dz.narrow(1, d * H, H), y.narrow(1, d * H, H),
+            h0.select(0, d).data_ptr<scalar_t>(), at::zeros({H, s.input_size}, input.options()),
+            at::zeros({H, H}, input.options()),
             s.has_bias ? at::zeros({H}, input.options()) : Tensor(),
             at::empty({std::max<int64_t>(block_rows_max, 1), H}, input.options())});
     }
