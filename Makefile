@@ -26,7 +26,7 @@ test: build
 
 # The CPU speed table of issue #2: ratios against torch.nn.RNN measured side by side.
 speed: build
-	$(PY) benchmarks/speed_table.py --runs 3
+	$(PY) -m benchmarks.speed_table --runs 3
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

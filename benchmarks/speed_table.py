@@ -7,7 +7,7 @@ training step (loss = output.sum()). With --runs N the whole table is measured N
 table shows the median ratio with the lowest and highest in brackets (a shared machine's timings
 drift from minute to minute).
 
-    python benchmarks/speed_table.py [--repeats 11] [--runs 3] [--json out.json]
+    python -m benchmarks.speed_table [--repeats 11] [--runs 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import argparse
 import json
 import platform
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import rnnkern
+from benchmarks.timing import interleaved
 
 # (batch, hidden, seq_len): the shapes and targets the issue names.
 SHAPES = [(1, 64, 512), (1, 256, 512), (16, 256, 256), (64, 1024, 32)]
@@ -33,16 +34,9 @@ TARGETS = {
 }
 
 
-def interleaved_medians(fns: dict[str, callable], repeats: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up (allocator, thread pool, caches)
-        fn()
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed interleaved by benchmarks/timing.py."""
+    times = interleaved(fns, torch.device("cpu"), repeats=repeats, warmup=2)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -115,7 +109,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(
                 {
-                    "command": "python benchmarks/speed_table.py "
+                    "command": "python -m benchmarks.speed_table "
                     f"--repeats {args.repeats} --runs {args.runs}",
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
