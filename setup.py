@@ -76,7 +76,9 @@ def extension_modules():
 
     debug = os.environ.get("RNNKERN_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_sources = sorted(
+        glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/persistent/*.cpp")
+    )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     # Warnings are errors in our code only: torch's headers go in as system headers (GCC then ignores
     # the -I cpp_extension also adds for them).

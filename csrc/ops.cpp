@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernels.h"
+#include "persistent/testing.h"
 
 TORCH_LIBRARY(rnnkern, m) {
   m.def(
@@ -35,4 +36,7 @@ PYBIND11_MODULE(_C, module) {
 #endif
       },
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
+  pybind11::module_ persistent = module.def_submodule(
+      "persistent", "The CUDA persistent kernels' launch plan and CPU emulation, for tests");
+  rnnkern::persistent::add_testing_functions(persistent);
 }

@@ -1,11 +1,13 @@
-// CUDA implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward: the per-step
-// path.
+// CUDA implementations of rnnkern::elman_layer and rnnkern::elman_layer_backward.
 //
-// Each step runs one cuBLAS GEMM (at::addmm_ / at::mm_out on the current stream) and one fused
-// elementwise kernel. In the forward that kernel applies the activation and copies h_t into the
-// state. In the backward it forms dZ_t = (dh + dY_t) * act'(h_t). Around the time loops, the GEMMs
-// over all steps are the CPU path's (see csrc/cpu/). This is the correct fallback that issue 4's
-// persistent kernels will sit beside, for hidden sizes whose W_hh does not fit on chip.
+// Around the recurrence, the GEMMs over all steps are the CPU path's (see csrc/cpu/): the input
+// projection with both biases folded in before it, the weight and input gradients after it. The
+// recurrence itself runs one of three ways, as choose_plan (persistent.h) decides from the shape
+// and the device:
+//   persistent (kBlock / kGrid): one launch for all steps and both directions, W_hh on chip
+//       (persistent_kernels.cuh);
+//   per-step: one cuBLAS GEMM (at::addmm_ / at::mm_out on the current stream) and one fused
+//       elementwise kernel per step, for hidden sizes whose W_hh does not fit on chip.
 //
 // NOT YET RUN ON A GPU. It is compiled in CI. rnnkern/_ops.py uses it only when
 // RNNKERN_CUDA_KERNELS=1; otherwise CUDA tensors run torch's own RNN (cuDNN) as before.
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "../elman_layer_args.h"
+#include "persistent.h"
 
 namespace rnnkern::cuda {
 namespace {
@@ -98,14 +101,54 @@ Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::D
       .to(device, /*non_blocking=*/false);
 }
 
+// rows[t] and offset[t] of a packed layout on the device, for the persistent kernels (which compute
+// them for dense input).
+Tensor device_steps(const SequenceLayout& L, const at::Device& device) {
+  std::vector<int64_t> steps(L.rows);
+  steps.insert(steps.end(), L.offset.begin(), L.offset.end());
+  return at::tensor(steps, at::TensorOptions().dtype(at::kLong)).to(device);
+}
+
+// The parts of a persistent launch's parameters that forward and backward share. `keep` holds the
+// tensors the parameters point into until the launch has been queued.
+template <typename T>
+persistent::RecurrenceParams<T, at::opmath_type<T>> recurrence_params(
+    const persistent::LaunchPlan& plan, const LayerShape& s, at::TensorList weights, bool relu,
+    const at::TensorOptions& options, std::vector<Tensor>& keep) {
+  using S = at::opmath_type<T>;
+  const SequenceLayout& L = s.layout;
+  persistent::RecurrenceParams<T, S> p;
+  p.plan = plan;
+  for (int64_t d = 0; d < s.directions; ++d) {
+    keep.push_back(weight_hh(weights, s, d).contiguous());
+    p.w_hh[d] = keep.back().data_ptr<T>();
+  }
+  p.ld = s.directions * s.hidden;
+  if (s.packed) {
+    keep.push_back(device_steps(L, options.device()));
+    p.rows = keep.back().data_ptr<int64_t>();
+    p.offset = p.rows + L.steps;
+  }
+  if (plan.algorithm == persistent::Algorithm::kGrid) {
+    keep.push_back(at::empty({2 * s.directions * L.batch * s.hidden},
+                             options.dtype(c10::CppTypeToScalarType<S>::value)));
+    p.exchange = keep.back().data_ptr<S>();
+  }
+  p.steps = L.steps;
+  p.relu = relu;
+  return p;
+}
+
 void check_cuda(const char* op, const Tensor& input) {
   TORCH_CHECK(input.is_cuda(), op, ": expected CUDA tensors, got ", input.device());
 }
 
-std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& hx,
-                                            at::TensorList weights,
-                                            const std::optional<Tensor>& batch_sizes, bool relu) {
-  constexpr const char* op = "rnnkern::elman_layer";
+// The forward; with barriers_only, the persistent kernel without its mat-vec (a wrong answer, timed
+// as the floor a persistent kernel can reach: see _elman_layer_barriers_only below).
+std::tuple<Tensor, Tensor> elman_forward(const char* op, const Tensor& input, const Tensor& hx,
+                                         at::TensorList weights,
+                                         const std::optional<Tensor>& batch_sizes, bool relu,
+                                         bool barriers_only) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
   check_cuda(op, input);
@@ -120,11 +163,25 @@ std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& h
           ? at::addmm(stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh),
                       x, w_ih_t)
           : at::mm(x, w_ih_t);
-  Tensor h_n = hx.contiguous().clone();
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const persistent::LaunchPlan plan = choose_plan(H, L.batch, D, input.scalar_type());
+  Tensor h_n;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_cuda", [&] {
+        if (plan.algorithm != persistent::Algorithm::kPerStep) {
+          std::vector<Tensor> keep;
+          auto p = recurrence_params<scalar_t>(plan, s, weights, relu, input.options(), keep);
+          keep.push_back(hx.contiguous());
+          h_n = at::empty_like(keep.back());
+          p.y = out.data_ptr<scalar_t>();
+          p.state_in = keep.back().data_ptr<scalar_t>();
+          p.state_out = h_n.data_ptr<scalar_t>();
+          p.barriers_only = barriers_only;
+          if (launch_forward_persistent<scalar_t>(p, stream)) return;
+        }
+        TORCH_CHECK(!barriers_only, op, ": the barriers-only floor needs a persistent plan");
+        h_n = hx.contiguous().clone();
         for (int64_t d = 0; d < D; ++d) {
           Tensor state = h_n.select(0, d);
           const Tensor w_hh_t = weight_hh(weights, s, d).t();
@@ -141,6 +198,20 @@ std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& h
       });
   if (!s.packed) out = out.view({L.steps, L.batch, ld});
   return {out, h_n};
+}
+
+std::tuple<Tensor, Tensor> elman_layer_cuda(const Tensor& input, const Tensor& hx,
+                                            at::TensorList weights,
+                                            const std::optional<Tensor>& batch_sizes, bool relu) {
+  return elman_forward("rnnkern::elman_layer", input, hx, weights, batch_sizes, relu, false);
+}
+
+std::tuple<Tensor, Tensor> elman_layer_barriers_only_cuda(const Tensor& input, const Tensor& hx,
+                                                          at::TensorList weights,
+                                                          const std::optional<Tensor>& batch_sizes,
+                                                          bool relu) {
+  return elman_forward("rnnkern::_elman_layer_barriers_only", input, hx, weights, batch_sizes, relu,
+                       true);
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
@@ -166,9 +237,24 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
   std::vector<Tensor> grad_weights;
   const auto stream = at::cuda::getCurrentCUDAStream();
 
+  const persistent::LaunchPlan plan = choose_plan(H, L.batch, D, input.scalar_type());
+
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, input.scalar_type(), "elman_layer_backward_cuda", [&] {
-        for (int64_t d = 0; d < D; ++d) {
+        // The recurrence: dZ for every row, and the gradient of h0.
+        bool done = false;
+        if (plan.algorithm != persistent::Algorithm::kPerStep) {
+          std::vector<Tensor> keep;
+          auto p = recurrence_params<scalar_t>(plan, s, weights, relu, input.options(), keep);
+          keep.push_back(grad_h_n.contiguous());  // never dhx, which is a copy
+          p.y = const_cast<scalar_t*>(y.data_ptr<scalar_t>());
+          p.dy = dy.data_ptr<scalar_t>();
+          p.dz = dz.data_ptr<scalar_t>();
+          p.state_in = keep.back().data_ptr<scalar_t>();
+          p.state_out = dhx.data_ptr<scalar_t>();
+          done = launch_backward_persistent<scalar_t>(p, stream);
+        }
+        for (int64_t d = 0; d < D && !done; ++d) {
           Tensor dstate = dhx.select(0, d);
           const Tensor& w_hh = weight_hh(weights, s, d);
           // The reverse of processing order: forward visits T-1..0, reverse 0..T-1.
@@ -183,7 +269,11 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
             Tensor dstate_rows = dstate.narrow(0, 0, n);
             at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, d * H, H), w_hh);
           }
-          if (!need_weights) continue;
+        }
+        if (!need_weights) return;
+        // The weight gradients, as a few GEMMs over all steps: no atomics, so they are the same
+        // from run to run.
+        for (int64_t d = 0; d < D; ++d) {
           const Tensor dz_d = dz.narrow(1, d * H, H);
           const Tensor sources = previous_state_sources(L, d == 1, input.device());
           Tensor prev = at::empty({N, H}, input.options());
@@ -210,8 +300,17 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
 
 }  // namespace
 
+// Not part of the API: the persistent forward without its mat-vec, which the GPU benchmark times
+// as the floor (the same barriers and loads) for the per-step time at batch 1.
+TORCH_LIBRARY_FRAGMENT(rnnkern, m) {
+  m.def(
+      "_elman_layer_barriers_only(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes,"
+      " bool relu) -> (Tensor output, Tensor h_n)");
+}
+
 TORCH_LIBRARY_IMPL(rnnkern, CUDA, m) {
   m.impl("elman_layer", &elman_layer_cuda);
+  m.impl("_elman_layer_barriers_only", &elman_layer_barriers_only_cuda);
   m.impl("elman_layer_backward", &elman_layer_backward_cuda);
 }
 

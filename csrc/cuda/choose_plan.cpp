@@ -1,0 +1,38 @@
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "persistent.h"
+
+namespace rnnkern::cuda {
+
+persistent::LaunchPlan choose_plan(int64_t hidden, int64_t batch, int64_t directions,
+                                   c10::ScalarType dtype) {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const persistent::DeviceLimits device{prop->multiProcessorCount,
+                                        static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+                                        prop->maxThreadsPerBlock, prop->cooperativeLaunch != 0};
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype));
+  const persistent::ProblemShape shape{hidden, batch, directions, element,
+                                       dtype == c10::kDouble ? 8 : 4};
+
+  const char* env = std::getenv("RNNKERN_CUDA_ALGORITHM");
+  persistent::Algorithm forced{};
+  bool is_forced = false;
+  try {
+    is_forced = persistent::parse_algorithm(env ? env : "", &forced);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "RNNKERN_CUDA_ALGORITHM: ", e.what());
+  }
+  const char* why_not = "";
+  persistent::LaunchPlan plan =
+      persistent::plan_launch(shape, device, is_forced ? &forced : nullptr, &why_not);
+  TORCH_CHECK(!is_forced || plan.algorithm == forced, "RNNKERN_CUDA_ALGORITHM=", env,
+              " does not fit hidden_size ", hidden, ", batch ", batch, " on this GPU: ", why_not);
+  return plan;
+}
+
+}  // namespace rnnkern::cuda

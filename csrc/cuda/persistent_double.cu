@@ -1,0 +1,4 @@
+// The persistent kernels for double (one file per dtype, so nvcc compiles them in parallel).
+#include "persistent_kernels.cuh"
+
+RNNKERN_INSTANTIATE_PERSISTENT(double)

@@ -1,0 +1,161 @@
+// The persistent forward and backward recurrences (see csrc/persistent/launch_plan.h for the
+// algorithms and recurrence_steps.h for what each thread does per step). Included once per dtype by
+// persistent_<dtype>.cu, so nvcc compiles the dtypes in parallel.
+//
+// NOT YET RUN ON A GPU. The phase sequence here mirrors csrc/persistent/emulate.cpp, which runs the
+// same per-thread functions on the CPU in the tests; keep the two in step.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include "../persistent/recurrence_steps.h"
+#include "persistent.h"
+
+namespace rnnkern::cuda {
+
+using persistent::Algorithm;
+using persistent::BlockMemory;
+using persistent::BlockView;
+using persistent::kMaxOutputsPerThread;
+using persistent::kMaxThreads;
+using persistent::RecurrenceParams;
+
+// kGrid: one barrier across the whole (cooperative) grid, which also orders the global-memory
+// exchange buffer; kBlock: a block barrier, which orders the shared-memory state.
+template <bool kGrid>
+__device__ __forceinline__ void step_barrier() {
+  if constexpr (kGrid) {
+    cooperative_groups::this_grid().sync();
+  } else {
+    __syncthreads();
+  }
+}
+
+template <typename T, typename S>
+__device__ __forceinline__ BlockMemory<T, S> block_memory(const RecurrenceParams<T, S>& p) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  return persistent::carve_shared<T, S>(p.plan, shared_raw);
+}
+
+template <typename T, bool kGrid>
+__global__ void __launch_bounds__(kMaxThreads)
+    elman_forward_persistent(const RecurrenceParams<T, at::opmath_type<T>> p) {
+  using S = at::opmath_type<T>;
+  const BlockView v = persistent::block_view(p.plan, blockIdx.x);
+  const int th = static_cast<int>(threadIdx.x);
+  const BlockMemory<T, S> mem = block_memory(p);
+  S carry[kMaxOutputsPerThread];
+
+  persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/false, mem.m);
+  persistent::forward_start(p, v, th, kGrid ? exchange_slice(p, v, 0) : mem.state[0], carry);
+  step_barrier<kGrid>();
+  if constexpr (kGrid) {
+    persistent::stage_state(p.plan, v, th, exchange_slice(p, v, 0), mem.state[0]);
+    __syncthreads();
+  }
+  for (int64_t i = 0; i < p.steps; ++i) {
+    const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/false);
+    const int next = int((i + 1) & 1);
+    S* out = kGrid ? exchange_slice(p, v, next) : mem.buffer(next);
+    persistent::forward_step(p, v, th, t, mem.m, mem.buffer(kGrid ? 0 : i), out, carry);
+    if (kGrid && i + 1 == p.steps) break;
+    step_barrier<kGrid>();
+    if constexpr (kGrid) {
+      persistent::stage_state(p.plan, v, th, exchange_slice(p, v, next), mem.state[0]);
+      __syncthreads();
+    }
+  }
+  persistent::write_final_state(p, v, th, carry);
+}
+
+template <typename T, bool kGrid>
+__global__ void __launch_bounds__(kMaxThreads)
+    elman_backward_persistent(const RecurrenceParams<T, at::opmath_type<T>> p) {
+  using S = at::opmath_type<T>;
+  const BlockView v = persistent::block_view(p.plan, blockIdx.x);
+  const int th = static_cast<int>(threadIdx.x);
+  const BlockMemory<T, S> mem = block_memory(p);
+  S carry[kMaxOutputsPerThread];
+
+  persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
+  persistent::backward_start(p, v, th, carry);
+  persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, 0, true),
+                          kGrid ? exchange_slice(p, v, 0) : mem.state[0], carry);
+  step_barrier<kGrid>();
+  if constexpr (kGrid) {
+    persistent::stage_state(p.plan, v, th, exchange_slice(p, v, 0), mem.state[0]);
+    __syncthreads();
+  }
+  for (int64_t i = 0; i < p.steps; ++i) {
+    const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/true);
+    persistent::backward_matvec(p, v, th, t, mem.m, mem.buffer(kGrid ? 0 : i), carry);
+    if (i + 1 == p.steps) break;
+    const int next = int((i + 1) & 1);
+    persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, i + 1, true),
+                            kGrid ? exchange_slice(p, v, next) : mem.buffer(next), carry);
+    step_barrier<kGrid>();
+    if constexpr (kGrid) {
+      persistent::stage_state(p.plan, v, th, exchange_slice(p, v, next), mem.state[0]);
+      __syncthreads();
+    }
+  }
+  persistent::write_final_state(p, v, th, carry);
+}
+
+// Launches `kernel` as the plan says: a cooperative launch for kGrid (all blocks resident, or
+// false if they would not be), a plain one for kBlock.
+template <typename T>
+bool launch_persistent(const void* kernel, const RecurrenceParams<T, at::opmath_type<T>>& p,
+                       cudaStream_t stream) {
+  const persistent::LaunchPlan& plan = p.plan;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.shared_bytes)));
+  void* args[] = {const_cast<RecurrenceParams<T, at::opmath_type<T>>*>(&p)};
+  const dim3 grid(static_cast<unsigned>(plan.blocks())), block(plan.threads);
+  if (plan.algorithm == Algorithm::kGrid) {
+    int per_sm = 0, device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, kernel, plan.threads, static_cast<size_t>(plan.shared_bytes)));
+    int sms = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (int64_t(per_sm) * sms < plan.blocks()) return false;
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, grid, block, args,
+                                               static_cast<size_t>(plan.shared_bytes), stream));
+  } else {
+    C10_CUDA_CHECK(cudaLaunchKernel(kernel, grid, block, args,
+                                    static_cast<size_t>(plan.shared_bytes), stream));
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+template <typename T>
+bool launch_forward_persistent(const RecurrenceParams<T, at::opmath_type<T>>& p,
+                               cudaStream_t stream) {
+  const void* kernel = p.plan.algorithm == Algorithm::kGrid
+                           ? reinterpret_cast<const void*>(&elman_forward_persistent<T, true>)
+                           : reinterpret_cast<const void*>(&elman_forward_persistent<T, false>);
+  return launch_persistent<T>(kernel, p, stream);
+}
+
+template <typename T>
+bool launch_backward_persistent(const RecurrenceParams<T, at::opmath_type<T>>& p,
+                                cudaStream_t stream) {
+  const void* kernel = p.plan.algorithm == Algorithm::kGrid
+                           ? reinterpret_cast<const void*>(&elman_backward_persistent<T, true>)
+                           : reinterpret_cast<const void*>(&elman_backward_persistent<T, false>);
+  return launch_persistent<T>(kernel, p, stream);
+}
+
+}  // namespace rnnkern::cuda
+
+// One dtype's kernels and launchers (persistent_<dtype>.cu).
+#define RNNKERN_INSTANTIATE_PERSISTENT(T)                                                 \
+  template bool rnnkern::cuda::launch_forward_persistent<T>(                              \
+      const rnnkern::persistent::RecurrenceParams<T, at::opmath_type<T>>&, cudaStream_t); \
+  template bool rnnkern::cuda::launch_backward_persistent<T>(                             \
+      const rnnkern::persistent::RecurrenceParams<T, at::opmath_type<T>>&, cudaStream_t);

@@ -1,0 +1,140 @@
+#include "launch_plan.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace rnnkern::persistent {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int max_threads(const DeviceLimits& device) {
+  return static_cast<int>(std::min<int64_t>(kMaxThreads, device.max_threads_per_block));
+}
+
+// Threads for `outputs` outputs: whole warps, as few outputs per thread as the block size allows.
+void size_block(LaunchPlan& p, int64_t outputs, int threads_limit) {
+  p.threads = static_cast<int>(std::min<int64_t>(threads_limit, ceil_div(outputs, 32) * 32));
+  p.outputs_per_thread = static_cast<int>(ceil_div(outputs, p.threads));
+}
+
+int64_t shared_bytes(const ProblemShape& s, int64_t buffers, int64_t batch, int64_t rows) {
+  return buffers * batch * s.hidden * s.state_bytes + s.hidden * rows * s.weight_bytes;
+}
+
+// kBlock: all of M in each block; each block runs one direction for Bs batch entries.
+bool plan_block(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p,
+                const char** why_not) {
+  const int64_t H = s.hidden, state_row = 2 * H * s.state_bytes;
+  const int threads_limit = max_threads(device);
+  const int64_t free_bytes = device.shared_bytes_per_block - H * H * s.weight_bytes;
+  const int64_t most_batch =
+      std::min<int64_t>({s.batch, free_bytes > 0 ? free_bytes / state_row : 0,
+                         int64_t(threads_limit) * kMaxOutputsPerThread / H});
+  if (most_batch < 1) {
+    *why_not = "W_hh and one batch entry's state do not fit one block's shared memory and threads";
+    return false;
+  }
+  // As many blocks as the device has multiprocessors, each with as little of the batch as that
+  // allows: per-step latency falls with the work per block.
+  const int64_t batch =
+      std::clamp<int64_t>(ceil_div(s.batch * s.directions, device.sm_count), 1, most_batch);
+  p.algorithm = Algorithm::kBlock;
+  p.blocks_per_group = 1;
+  p.rows_per_block = H;
+  p.batch_per_group = batch;
+  p.groups_per_direction = ceil_div(s.batch, batch);
+  p.state_buffers = 2;
+  p.shared_bytes = shared_bytes(s, 2, batch, H);
+  size_block(p, H * batch, threads_limit);
+  return true;
+}
+
+// kGrid: M's rows spread over one cooperative grid (one block per multiprocessor, all resident),
+// each group one direction for the whole batch.
+bool plan_grid(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p,
+               const char** why_not) {
+  if (!device.cooperative_launch) {
+    *why_not = "the device does not support cooperative launches";
+    return false;
+  }
+  const int64_t H = s.hidden, B = s.batch;
+  const int threads_limit = max_threads(device);
+  const int64_t most_blocks = device.sm_count / s.directions;
+  if (most_blocks < 1) {
+    *why_not = "fewer multiprocessors than directions";
+    return false;
+  }
+  const int64_t rows = ceil_div(H, most_blocks);
+  if (rows * B > int64_t(threads_limit) * kMaxOutputsPerThread) {
+    *why_not = "the batch is too large for one grid's threads";
+    return false;
+  }
+  if (shared_bytes(s, 1, B, rows) > device.shared_bytes_per_block) {
+    *why_not = "a block's rows of W_hh and the batch's state do not fit its shared memory";
+    return false;
+  }
+  p.algorithm = Algorithm::kGrid;
+  p.blocks_per_group = ceil_div(H, rows);
+  p.rows_per_block = rows;
+  p.batch_per_group = B;
+  p.groups_per_direction = 1;
+  p.state_buffers = 1;
+  p.shared_bytes = shared_bytes(s, 1, B, rows);
+  size_block(p, rows * B, threads_limit);
+  return true;
+}
+
+}  // namespace
+
+const char* algorithm_name(Algorithm a) {
+  switch (a) {
+    case Algorithm::kBlock:
+      return "block";
+    case Algorithm::kGrid:
+      return "grid";
+    case Algorithm::kPerStep:
+      return "per_step";
+  }
+  return "?";
+}
+
+bool parse_algorithm(const std::string& name, Algorithm* forced) {
+  if (name.empty() || name == "auto") return false;
+  for (Algorithm a : {Algorithm::kBlock, Algorithm::kGrid, Algorithm::kPerStep}) {
+    if (name == algorithm_name(a)) {
+      *forced = a;
+      return true;
+    }
+  }
+  throw std::invalid_argument("unknown persistent-kernel algorithm '" + name +
+                              "': expected one of auto, block, grid, per_step");
+}
+
+LaunchPlan plan_launch(const ProblemShape& s, const DeviceLimits& device,
+                       const Algorithm* requested, const char** why_not) {
+  LaunchPlan p;
+  p.hidden = s.hidden;
+  p.batch = s.batch;
+  p.directions = s.directions;
+  const char* reason = "per-step requested";
+  const char* block_reason = nullptr;
+  const char* grid_reason = nullptr;
+  const bool any = requested == nullptr;
+  if (s.hidden < 1 || s.batch < 1) {
+    reason = "empty batch or hidden size";
+  } else if ((any || *requested == Algorithm::kBlock) && plan_block(s, device, p, &block_reason)) {
+    return p;
+  } else if ((any || *requested == Algorithm::kGrid) && plan_grid(s, device, p, &grid_reason)) {
+    return p;
+  } else if (grid_reason) {
+    reason = grid_reason;
+  } else if (block_reason) {
+    reason = block_reason;
+  }
+  if (why_not) *why_not = reason;
+  p.algorithm = Algorithm::kPerStep;
+  return p;
+}
+
+}  // namespace rnnkern::persistent

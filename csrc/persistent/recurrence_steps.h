@@ -1,0 +1,248 @@
+// What one thread of a persistent kernel does between two barriers, written once for the CUDA
+// kernels (csrc/cuda/persistent_kernels.cuh) and for their CPU emulation (emulate.cpp), which runs
+// these same functions block by block and thread by thread so that the indexing, the
+// packed-sequence handling and the state carry are tested on machines without a GPU.
+//
+// Each thread owns up to kMaxOutputsPerThread outputs (launch_plan.h: owned_output) for the whole
+// sequence and carries their state in registers (`carry`, in the state type S). Per step it reads
+// the group's previous state from shared memory (`in`, [local batch][H]) and writes its new state
+// where the next step will read it (`out`: the other shared buffer, or the group's exchange buffer
+// in global memory for kGrid). Rows past step t's batch size (packed sequences) keep their state.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "launch_plan.h"
+
+namespace rnnkern::persistent {
+
+// Everything a persistent launch reads and writes. T is the tensor dtype, S the state and
+// accumulation type (float, or double for float64).
+template <typename T, typename S>
+struct RecurrenceParams {
+  LaunchPlan plan;
+  const T* w_hh[2] = {nullptr, nullptr};  // per direction, (H, H) contiguous
+  // (N, D * H), row stride ld. Forward: holds Y = X W_ih^T + b on entry and h on return.
+  // Backward: read for act'(z), which is written in terms of h.
+  T* y = nullptr;
+  int64_t ld = 0;
+  const T* dy = nullptr;            // backward: grad of y, (N, D * H)
+  T* dz = nullptr;                  // backward: dL/dz, (N, D * H)
+  const T* state_in = nullptr;      // (D, B, H): h0 (forward) or grad of h_n (backward)
+  T* state_out = nullptr;           // (D, B, H): h_n (forward) or grad of h0 (backward)
+  S* exchange = nullptr;            // kGrid: 2 x (D, B, H) in global memory
+  const int64_t* rows = nullptr;    // rows[t] of a packed sequence; nullptr when dense (B each)
+  const int64_t* offset = nullptr;  // offset[t]; nullptr when dense (t * B)
+  int64_t steps = 0;
+  bool relu = false;
+  bool barriers_only = false;  // skip the mat-vec: the floor a persistent kernel can reach
+};
+
+template <typename T, typename S>
+RNNKERN_HD inline int64_t step_rows(const RecurrenceParams<T, S>& p, int64_t t) {
+  return p.rows ? p.rows[t] : p.plan.batch;
+}
+template <typename T, typename S>
+RNNKERN_HD inline int64_t step_offset(const RecurrenceParams<T, S>& p, int64_t t) {
+  return p.offset ? p.offset[t] : t * p.plan.batch;
+}
+
+// The step visited i-th. The forward pass visits 0..T-1 in direction 0 and T-1..0 in direction 1;
+// the backward pass visits them in the opposite order.
+RNNKERN_HD inline int64_t visited_step(int64_t steps, int64_t direction, int64_t i, bool backward) {
+  return (direction == 1) != backward ? steps - 1 - i : i;
+}
+
+template <typename S>
+RNNKERN_HD inline S activate(S z, bool relu) {
+  // relu keeps NaN (z <= 0 is false for NaN), as torch.relu does.
+  if (relu) return z <= S(0) ? S(0) : z;
+#if defined(__CUDA_ARCH__)
+  return ::tanh(z);
+#else
+  return std::tanh(z);
+#endif
+}
+
+// dL/dz from dL/dh = g and h = act(z), act' written in terms of h.
+template <typename S>
+RNNKERN_HD inline S activation_backward(S g, S h, bool relu) {
+  return relu ? (h <= S(0) ? S(0) : g) : g * (S(1) - h * h);
+}
+
+// A load of the state another block wrote during this launch: through L2, never a stale L1 line.
+template <typename S>
+RNNKERN_HD inline S load_shared_state(const S* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldcg(p);
+#else
+  return *p;
+#endif
+}
+
+// One block's shared memory: the group's state (state_buffers copies of [Bs][H], type S), then its
+// slice of M, stored [k][r] with row stride rows_per_block.
+template <typename T, typename S>
+struct BlockMemory {
+  S* state[2];
+  T* m;
+  // state[i & 1], without indexing an array by a run-time value (which would put it in local
+  // memory).
+  RNNKERN_HD S* buffer(int64_t i) const { return (i & 1) ? state[1] : state[0]; }
+};
+template <typename T, typename S>
+RNNKERN_HD inline BlockMemory<T, S> carve_shared(const LaunchPlan& p, void* base) {
+  S* state = static_cast<S*>(base);
+  const int64_t one = p.batch_per_group * p.hidden;
+  return {{state, p.state_buffers > 1 ? state + one : state},
+          reinterpret_cast<T*>(state + p.state_buffers * one)};
+}
+
+// The group's slice of the exchange buffer `which` (kGrid).
+template <typename T, typename S>
+RNNKERN_HD inline S* exchange_slice(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                    int which) {
+  const LaunchPlan& q = p.plan;
+  return p.exchange + which * q.directions * q.batch * q.hidden +
+         (v.direction * q.batch + v.b0) * q.hidden;
+}
+
+// Loads this block's rows of M: M = W_hh (forward) or W_hh^T (backward, `transpose`).
+template <typename T>
+RNNKERN_HD inline void load_m_slice(const LaunchPlan& p, const BlockView& v, int thread, const T* w,
+                                    bool transpose, T* m) {
+  const int64_t H = p.hidden, R = p.rows_per_block;
+  for (int64_t e = thread; e < H * v.row_count; e += p.threads) {
+    const int64_t k = e / v.row_count, r = e % v.row_count, row = v.r0 + r;
+    m[k * R + r] = transpose ? w[k * H + row] : w[row * H + k];
+  }
+}
+
+// Copies the group's state, written by all its blocks into global memory, into shared memory.
+template <typename S>
+RNNKERN_HD inline void stage_state(const LaunchPlan& p, const BlockView& v, int thread,
+                                   const S* group_state, S* shared_state) {
+  for (int64_t e = thread; e < v.batch_count * p.hidden; e += p.threads)
+    shared_state[e] = load_shared_state(group_state + e);
+}
+
+// sum_k M[r, k] v[k] over this block's slice of M.
+template <typename T, typename S>
+RNNKERN_HD inline S row_times_state(const T* m, int rows_per_block, int r, const S* v, int hidden) {
+  S acc = S(0);
+  for (int k = 0; k < hidden; ++k) acc += static_cast<S>(m[k * rows_per_block + r]) * v[k];
+  return acc;
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+// Before the first step: carry = h0, also written to `out` for the first mat-vec.
+template <typename T, typename S>
+RNNKERN_HD inline void forward_start(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                     int thread, S* out, S* carry) {
+  const int64_t H = p.plan.hidden;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
+    carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + i]);
+    out[o.batch * H + i] = carry[m];
+  }
+}
+
+// Step t: h = act(Y_t + M h_prev) for the owned outputs whose sequence runs at t.
+template <typename T, typename S>
+RNNKERN_HD inline void forward_step(const RecurrenceParams<T, S>& p, const BlockView& v, int thread,
+                                    int64_t t, const T* m_slice, const S* in, S* out, S* carry) {
+  const int64_t H = p.plan.hidden, rows = step_rows(p, t);
+  T* y_step = p.y + step_offset(p, t) * p.ld + v.direction * H;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
+    if (b < rows) {
+      T* y = y_step + b * p.ld + i;
+      const S mv = p.barriers_only ? S(0)
+                                   : row_times_state(m_slice, int(p.plan.rows_per_block),
+                                                     int(o.row), in + o.batch * H, int(H));
+      carry[m] = activate(static_cast<S>(*y) + mv, p.relu);
+      *y = static_cast<T>(carry[m]);
+    }
+    out[o.batch * H + i] = carry[m];
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------------
+// Per step t (in backward order): dZ_t = (dh + dY_t) * act'(h_t), then dh = W_hh^T dZ_t. The thread
+// that owns column k of dh also owns column k of dZ, so dZ for the next step is formed right after
+// the mat-vec, and one barrier per step suffices.
+
+template <typename T, typename S>
+RNNKERN_HD inline void backward_start(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                      int thread, S* carry) {
+  const int64_t H = p.plan.hidden;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    const int64_t b = v.b0 + o.batch, k = v.r0 + o.row;
+    carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + k]);
+  }
+}
+
+// dZ_t for the owned outputs, written to p.dz (for the weight gradients) and to `out` (for the
+// mat-vec of step t); zero for rows that do not run at t.
+template <typename T, typename S>
+RNNKERN_HD inline void backward_dz(const RecurrenceParams<T, S>& p, const BlockView& v, int thread,
+                                   int64_t t, S* out, const S* carry) {
+  const int64_t H = p.plan.hidden, rows = step_rows(p, t);
+  const int64_t first = step_offset(p, t) * p.ld + v.direction * H;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    const int64_t b = v.b0 + o.batch, k = v.r0 + o.row;
+    S dz = S(0);
+    if (b < rows) {
+      const int64_t e = first + b * p.ld + k;
+      dz = activation_backward(carry[m] + static_cast<S>(p.dy[e]), static_cast<S>(p.y[e]), p.relu);
+      p.dz[e] = static_cast<T>(dz);
+    }
+    out[o.batch * H + k] = dz;
+  }
+}
+
+// dh = W_hh^T dZ_t for the owned outputs whose sequence runs at t; the others keep dh.
+template <typename T, typename S>
+RNNKERN_HD inline void backward_matvec(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                       int thread, int64_t t, const T* m_slice, const S* in,
+                                       S* carry) {
+  const int64_t H = p.plan.hidden, rows = step_rows(p, t);
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    if (v.b0 + o.batch < rows && !p.barriers_only)
+      carry[m] = row_times_state(m_slice, int(p.plan.rows_per_block), int(o.row), in + o.batch * H,
+                                 int(H));
+  }
+}
+
+// After the last step: the carried state is h_n (forward) or the gradient of h0 (backward).
+template <typename T, typename S>
+RNNKERN_HD inline void write_final_state(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                         int thread, const S* carry) {
+  const int64_t H = p.plan.hidden;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
+    p.state_out[(v.direction * p.plan.batch + b) * H + i] = static_cast<T>(carry[m]);
+  }
+}
+
+}  // namespace rnnkern::persistent
