@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: build demo test speed bench bench-pytest lint format clean
+.PHONY: build demo test speed bench bench-pytest gpu-check lint format clean
 
 # The venv sees this checkout through a .pth file (what an editable install does), so that the
 # extension is built once, in place and incrementally, by `make build` rather than again by pip.
@@ -44,6 +44,11 @@ clean:
 # The benchmark runner's default sweep (a few minutes on 2 cores); results in bench-out/.
 bench: build
 	$(PY) -m benchmarks.run
+
+# On a machine with an NVIDIA GPU, with its own python3 and nothing installed (DEVELOPERS.md): build,
+# every test with the CUDA kernels on, and the GPU benchmark; results in benchmarks/results/cuda/.
+gpu-check:
+	tools/gpu_check.sh
 
 # The pytest-benchmark suite (not part of `make test`).
 bench-pytest: build

@@ -10,6 +10,9 @@ runner can check it against nn.RNN and time it the same way:
 - ``RNNCell-loop-compiled``: the same loop with the cell's step under torch.compile (compiling
   the whole loop would unroll thousands of steps). The compiled step takes the weights as
   arguments, so it compiles once per shape, not once per module.
+- ``rnnkern-floor`` (CUDA, one layer, forward only): rnnkern's persistent kernel with its mat-vec
+  left out, so only its barriers and loads remain: the floor a persistent kernel can reach. Its
+  output is wrong by design and is not checked.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ RnnFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 class Implementation:
     name: str
     build: Callable[[nn.RNN], RnnFn]
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    packed: bool = True  # takes PackedSequence input
+    checked: bool = True  # its output must match nn.RNN's before it is timed
+    backward: bool = True  # can run forward+backward
 
 
 def build_rnnkern(reference: nn.RNN) -> RnnFn:
@@ -141,13 +148,28 @@ def build_compiled_cell_loop(reference: nn.RNN) -> RnnFn:
     return cell_loop([[compiled(cell) for cell in row] for row in cells_of(reference)])
 
 
+def build_floor(reference: nn.RNN) -> RnnFn:
+    if reference.num_layers != 1:
+        raise ValueError("rnnkern-floor times one layer")
+    weights = [w.detach() for w in reference._flat_weights]
+    relu = reference.nonlinearity == "relu"
+
+    def run(x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ops.rnnkern._elman_layer_barriers_only(x, h0, weights, None, relu)
+
+    return run
+
+
 IMPLEMENTATIONS = {
     impl.name: impl
     for impl in (
         Implementation("rnnkern", build_rnnkern),
         Implementation("nn.RNN", build_nn_rnn),
-        Implementation("RNNCell-loop", build_cell_loop),
-        Implementation("RNNCell-loop-compiled", build_compiled_cell_loop),
+        Implementation("RNNCell-loop", build_cell_loop, packed=False),
+        Implementation("RNNCell-loop-compiled", build_compiled_cell_loop, packed=False),
+        Implementation(
+            "rnnkern-floor", build_floor, ("cuda",), packed=False, checked=False, backward=False
+        ),
     )
 }
 BASELINE = "nn.RNN"

@@ -10,6 +10,7 @@ def _title(config) -> str:
     shape = f"batch {c['batch']}, hidden {c['hidden']}, input {c['input_size']}"
     extra = f", {c['layers']} layers" if c["layers"] > 1 else ""
     extra += ", bidirectional" if c["bidirectional"] else ""
+    extra += ", packed (variable lengths)" if c.get("packed") else ""
     return f"{c['mode']}, {c['dtype']} on {c['device']}: {shape}{extra}, {c['nonlinearity']}"
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import implementations, run
+from benchmarks import gpu_sweep, implementations, run
 from benchmarks.implementations import Implementation
 
 
@@ -16,7 +16,11 @@ def test_defaults():
     assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert args.seq_lens == [16, 64, 256, 1024, 4096]
     assert args.modes == ["forward+backward"]
-    assert set(args.implementations) == set(implementations.IMPLEMENTATIONS)
+    assert set(args.implementations) == {
+        name
+        for name, impl in implementations.IMPLEMENTATIONS.items()
+        if args.device in impl.devices
+    }
 
 
 def test_baseline_is_always_measured():
@@ -160,3 +164,45 @@ def test_tiny_sweep_writes_table_json_and_plot(tmp_path, capsys):
             assert r["tokens_per_s"] > 0 and r["gflops"] > 0 and len(r["times_s"]) == 2
     png = (out / "throughput.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_packed_sweep_and_the_gpu_summary(tmp_path):
+    # Variable-length batches as PackedSequence: rnnkern checked and timed against nn.RNN, the
+    # cell loops (no PackedSequence) skipped with a note; then gpu_sweep's summary of such reports,
+    # packed against padded.
+    common = [
+        "--device",
+        "cpu",
+        "--batch-sizes",
+        "3",
+        "--hidden-sizes",
+        "8",
+        "--seq-lens",
+        "4",
+        "8",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--quiet",
+        "--no-plot",
+    ]
+    packed = run.main([*common, "--packed", "--out", str(tmp_path / "p")])
+    padded = run.main([*common, "--out", str(tmp_path / "d")])
+    results = packed["configs"][0]["results"]
+    assert packed["configs"][0]["config"]["packed"]
+    by_name = {(r["implementation"], r["seq_len"]): r for r in results}
+    assert (
+        by_name[("rnnkern", 8)]["status"] == "ok"
+        and by_name[("rnnkern", 8)]["max_abs_error"] < 1e-5
+    )
+    assert by_name[("RNNCell-loop", 8)]["status"] == "skipped"
+    assert "rnnkern-floor" not in {r["implementation"] for r in results}, "CUDA only"
+    sweeps = [
+        dict(name="standard: packed", dtype="float32", target=5.0, argv=[], report=packed),
+        dict(name="padded", dtype="float32", target=None, argv=[], report=padded),
+    ]
+    summary = gpu_sweep.summarise(sweeps)
+    assert "## standard: packed (float32): target 5.0x over nn.RNN" in summary
+    assert "Lowest speedup" in summary
+    assert summary.count("| float32 | forward+backward | 3 | 8 |") == 2  # packed / padded rows

@@ -30,7 +30,9 @@ persistent::LaunchPlan choose_plan(int64_t hidden, int64_t batch, int64_t direct
   const char* why_not = "";
   persistent::LaunchPlan plan =
       persistent::plan_launch(shape, device, is_forced ? &forced : nullptr, &why_not);
-  TORCH_CHECK(!is_forced || plan.algorithm == forced, "RNNKERN_CUDA_ALGORITHM=", env,
+  // An empty batch never launches a kernel, whatever was asked for.
+  const bool empty = hidden == 0 || batch == 0;
+  TORCH_CHECK(!is_forced || empty || plan.algorithm == forced, "RNNKERN_CUDA_ALGORITHM=", env,
               " does not fit hidden_size ", hidden, ", batch ", batch, " on this GPU: ", why_not);
   return plan;
 }
