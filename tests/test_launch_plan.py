@@ -45,10 +45,12 @@ def check_plan(hidden, batch, directions, dtype, device, algorithm="auto"):
     assert p["shared_bytes"] <= shared
     assert p["shared_bytes"] == (
         p["state_buffers"] * p["batch_per_group"] * hidden * state_bytes
-        + hidden * p["rows_per_block"] * weight_bytes
+        + p["rows_per_block"] * p["m_stride"] * weight_bytes
     )
     assert p["threads"] % 32 == 0 and 32 <= p["threads"] <= min(max_threads, P.max_threads)
     assert 1 <= p["outputs_per_thread"] <= P.max_outputs_per_thread
+    assert p["split"] in (1, 2, 4, 8, 16, 32) and p["threads"] % p["split"] == 0
+    assert p["m_stride"] >= hidden
     if p["algorithm"] == "grid":
         assert p["blocks"] <= sm_count, "a cooperative grid must be resident: a block per SM"
         assert p["state_buffers"] == 1

@@ -142,6 +142,8 @@ def test_the_made_up_devices_exercise_every_part_of_the_plan():
                 seen.add(("several batch slices", p["groups_per_direction"] > 1))
                 seen.add(("several outputs per thread", p["outputs_per_thread"] > 1))
                 seen.add(("partial last block", hidden % p["rows_per_block"] != 0))
+                seen.add(("dot products split over lanes", p["split"] > 1))
+                seen.add(("rows of M padded", p["m_stride"] > hidden))
     assert all((what, True) in seen for what, _ in seen), seen
 
 

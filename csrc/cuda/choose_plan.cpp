@@ -34,6 +34,7 @@ persistent::LaunchPlan choose_plan(int64_t hidden, int64_t batch, int64_t direct
   const bool empty = hidden == 0 || batch == 0;
   TORCH_CHECK(!is_forced || empty || plan.algorithm == forced, "RNNKERN_CUDA_ALGORITHM=", env,
               " does not fit hidden_size ", hidden, ", batch ", batch, " on this GPU: ", why_not);
+  plan.forced = is_forced;
   return plan;
 }
 

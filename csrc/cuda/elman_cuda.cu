@@ -88,6 +88,14 @@ __global__ void gather_previous_kernel(const int64_t* source, const T* y, int64_
   }
 }
 
+// A host vector on the device, copied from pinned memory without waiting for the stream (a
+// pageable copy would synchronise it, and could not be captured in a CUDA graph).
+Tensor to_device(const std::vector<int64_t>& values, const at::Device& device) {
+  return at::tensor(values, at::TensorOptions().dtype(at::kLong))
+      .pin_memory()
+      .to(device, /*non_blocking=*/true);
+}
+
 // For every row of one direction, where its previous state lives: a row of the output (>= 0), or
 // row b of h0 (encoded -b - 1). Built on the host from the layout, then copied to the device.
 Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::Device& device) {
@@ -97,8 +105,7 @@ Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::D
     for (int64_t r = 0; r < L.rows[t]; ++r)
       source[L.offset[t] + r] = r < carried ? L.offset[before] + r : -r - 1;
   }
-  return at::tensor(source, at::TensorOptions().dtype(at::kLong))
-      .to(device, /*non_blocking=*/false);
+  return to_device(source, device);
 }
 
 // rows[t] and offset[t] of a packed layout on the device, for the persistent kernels (which compute
@@ -106,7 +113,7 @@ Tensor previous_state_sources(const SequenceLayout& L, bool reverse, const at::D
 Tensor device_steps(const SequenceLayout& L, const at::Device& device) {
   std::vector<int64_t> steps(L.rows);
   steps.insert(steps.end(), L.offset.begin(), L.offset.end());
-  return at::tensor(steps, at::TensorOptions().dtype(at::kLong)).to(device);
+  return to_device(steps, device);
 }
 
 // The parts of a persistent launch's parameters that forward and backward share. `keep` holds the
@@ -179,6 +186,9 @@ std::tuple<Tensor, Tensor> elman_forward(const char* op, const Tensor& input, co
           p.state_out = h_n.data_ptr<scalar_t>();
           p.barriers_only = barriers_only;
           if (launch_forward_persistent<scalar_t>(p, stream)) return;
+          TORCH_CHECK(!plan.forced, op,
+                      ": RNNKERN_CUDA_ALGORITHM=grid, but the cooperative grid "
+                      "would not be resident on this GPU");
         }
         TORCH_CHECK(!barriers_only, op, ": the barriers-only floor needs a persistent plan");
         h_n = hx.contiguous().clone();
@@ -253,6 +263,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
           p.state_in = keep.back().data_ptr<scalar_t>();
           p.state_out = dhx.data_ptr<scalar_t>();
           done = launch_backward_persistent<scalar_t>(p, stream);
+          TORCH_CHECK(done || !plan.forced, op,
+                      ": RNNKERN_CUDA_ALGORITHM=grid, but the "
+                      "cooperative grid would not be resident on this GPU");
         }
         for (int64_t d = 0; d < D && !done; ++d) {
           Tensor dstate = dhx.select(0, d);

@@ -34,6 +34,31 @@ __device__ __forceinline__ void step_barrier() {
   }
 }
 
+// The parts of each owned output's dot product, added over the `split` lanes of a group by a
+// butterfly of shuffles (every lane ends with the whole sum). Every thread of the block calls it
+// for the same m (outputs_per_thread is the same for all), so whole warps take part.
+template <typename S>
+__device__ __forceinline__ void group_sum(const persistent::LaunchPlan& plan, S* partial) {
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    if (m >= plan.outputs_per_thread) break;
+    for (int offset = plan.split / 2; offset > 0; offset /= 2)
+      partial[m] += __shfl_xor_sync(0xffffffffu, partial[m], offset);
+  }
+}
+
+// Where a step's new state goes: the group's exchange buffer `which` (kGrid), or shared buffer
+// `which` (kBlock).
+template <bool kGrid, typename T, typename S>
+__device__ __forceinline__ S* state_out(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                        const BlockMemory<T, S>& mem, int which) {
+  if constexpr (kGrid) {
+    return persistent::exchange_slice(p, v, which);
+  } else {
+    return mem.buffer(which);
+  }
+}
+
 template <typename T, typename S>
 __device__ __forceinline__ BlockMemory<T, S> block_memory(const RecurrenceParams<T, S>& p) {
   extern __shared__ __align__(16) unsigned char shared_raw[];
@@ -41,30 +66,33 @@ __device__ __forceinline__ BlockMemory<T, S> block_memory(const RecurrenceParams
 }
 
 template <typename T, bool kGrid>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 1)
     elman_forward_persistent(const RecurrenceParams<T, at::opmath_type<T>> p) {
   using S = at::opmath_type<T>;
   const BlockView v = persistent::block_view(p.plan, blockIdx.x);
   const int th = static_cast<int>(threadIdx.x);
   const BlockMemory<T, S> mem = block_memory(p);
-  S carry[kMaxOutputsPerThread];
+  S carry[kMaxOutputsPerThread], partial[kMaxOutputsPerThread];
 
   persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/false, mem.m);
-  persistent::forward_start(p, v, th, kGrid ? exchange_slice(p, v, 0) : mem.state[0], carry);
+  persistent::forward_start(p, v, th, state_out<kGrid>(p, v, mem, 0), carry);
   step_barrier<kGrid>();
   if constexpr (kGrid) {
-    persistent::stage_state(p.plan, v, th, exchange_slice(p, v, 0), mem.state[0]);
+    persistent::stage_state(p.plan, v, th, persistent::exchange_slice(p, v, 0), mem.state[0]);
     __syncthreads();
   }
   for (int64_t i = 0; i < p.steps; ++i) {
     const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/false);
     const int next = int((i + 1) & 1);
-    S* out = kGrid ? exchange_slice(p, v, next) : mem.buffer(next);
-    persistent::forward_step(p, v, th, t, mem.m, mem.buffer(kGrid ? 0 : i), out, carry);
+    S* out = state_out<kGrid>(p, v, mem, next);
+    persistent::partial_products(p, v, th, persistent::step_rows(p, t), mem.m,
+                                 mem.buffer(kGrid ? 0 : i), partial);
+    group_sum(p.plan, partial);
+    persistent::forward_apply(p, v, th, t, partial, out, carry);
     if (kGrid && i + 1 == p.steps) break;
     step_barrier<kGrid>();
     if constexpr (kGrid) {
-      persistent::stage_state(p.plan, v, th, exchange_slice(p, v, next), mem.state[0]);
+      persistent::stage_state(p.plan, v, th, persistent::exchange_slice(p, v, next), mem.state[0]);
       __syncthreads();
     }
   }
@@ -72,33 +100,36 @@ __global__ void __launch_bounds__(kMaxThreads)
 }
 
 template <typename T, bool kGrid>
-__global__ void __launch_bounds__(kMaxThreads)
+__global__ void __launch_bounds__(kMaxThreads, 1)
     elman_backward_persistent(const RecurrenceParams<T, at::opmath_type<T>> p) {
   using S = at::opmath_type<T>;
   const BlockView v = persistent::block_view(p.plan, blockIdx.x);
   const int th = static_cast<int>(threadIdx.x);
   const BlockMemory<T, S> mem = block_memory(p);
-  S carry[kMaxOutputsPerThread];
+  S carry[kMaxOutputsPerThread], partial[kMaxOutputsPerThread];
 
   persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
   persistent::backward_start(p, v, th, carry);
   persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, 0, true),
-                          kGrid ? exchange_slice(p, v, 0) : mem.state[0], carry);
+                          state_out<kGrid>(p, v, mem, 0), carry);
   step_barrier<kGrid>();
   if constexpr (kGrid) {
-    persistent::stage_state(p.plan, v, th, exchange_slice(p, v, 0), mem.state[0]);
+    persistent::stage_state(p.plan, v, th, persistent::exchange_slice(p, v, 0), mem.state[0]);
     __syncthreads();
   }
   for (int64_t i = 0; i < p.steps; ++i) {
     const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/true);
-    persistent::backward_matvec(p, v, th, t, mem.m, mem.buffer(kGrid ? 0 : i), carry);
+    persistent::partial_products(p, v, th, persistent::step_rows(p, t), mem.m,
+                                 mem.buffer(kGrid ? 0 : i), partial);
+    group_sum(p.plan, partial);
+    persistent::backward_apply(p, v, th, t, partial, carry);
     if (i + 1 == p.steps) break;
     const int next = int((i + 1) & 1);
     persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, i + 1, true),
-                            kGrid ? exchange_slice(p, v, next) : mem.buffer(next), carry);
+                            state_out<kGrid>(p, v, mem, next), carry);
     step_barrier<kGrid>();
     if constexpr (kGrid) {
-      persistent::stage_state(p.plan, v, th, exchange_slice(p, v, next), mem.state[0]);
+      persistent::stage_state(p.plan, v, th, persistent::exchange_slice(p, v, next), mem.state[0]);
       __syncthreads();
     }
   }
@@ -111,13 +142,18 @@ template <typename T>
 bool launch_persistent(const void* kernel, const RecurrenceParams<T, at::opmath_type<T>>& p,
                        cudaStream_t stream) {
   const persistent::LaunchPlan& plan = p.plan;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(plan.shared_bytes)));
+  int device = 0, shared_optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(
+      cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  // The kernel's limit is a setting of the device, not of this launch: always the device's maximum,
+  // so that host threads launching other shapes at the same time never lower it under each other.
+  C10_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin));
   void* args[] = {const_cast<RecurrenceParams<T, at::opmath_type<T>>*>(&p)};
   const dim3 grid(static_cast<unsigned>(plan.blocks())), block(plan.threads);
   if (plan.algorithm == Algorithm::kGrid) {
-    int per_sm = 0, device = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
+    int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, kernel, plan.threads, static_cast<size_t>(plan.shared_bytes)));
     int sms = 0;

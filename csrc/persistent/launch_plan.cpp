@@ -12,14 +12,40 @@ int max_threads(const DeviceLimits& device) {
   return static_cast<int>(std::min<int64_t>(kMaxThreads, device.max_threads_per_block));
 }
 
-// Threads for `outputs` outputs: whole warps, as few outputs per thread as the block size allows.
-void size_block(LaunchPlan& p, int64_t outputs, int threads_limit) {
-  p.threads = static_cast<int>(std::min<int64_t>(threads_limit, ceil_div(outputs, 32) * 32));
-  p.outputs_per_thread = static_cast<int>(ceil_div(outputs, p.threads));
+// Threads for `outputs` outputs: whole warps; each output split over as many lanes as the block
+// size allows (at most 32, and at least 4 k per lane), then as few outputs per lane group as
+// possible. The caller has checked that outputs <= threads_limit * kMaxOutputsPerThread.
+void size_block(const ProblemShape& s, LaunchPlan& p, int64_t outputs, int threads_limit) {
+  int split = 1;
+  while (split < 32 && outputs * split * 2 <= threads_limit && split * 2 * 4 <= s.hidden)
+    split *= 2;
+  p.split = split;
+  p.threads =
+      static_cast<int>(std::min<int64_t>(threads_limit, ceil_div(outputs * split, 32) * 32));
+  p.outputs_per_thread = static_cast<int>(ceil_div(outputs, p.threads / split));
+  // Rows of M start `split` elements apart modulo the 128 bytes of the 32 banks, so the lane groups
+  // of a warp (each reading `split` consecutive elements of its own row) hit different banks.
+  const int64_t period = std::max<int64_t>(1, 128 / s.weight_bytes);
+  const int64_t shift = split % period;
+  p.m_stride = s.hidden + ((shift - s.hidden % period) % period + period) % period;
 }
 
-int64_t shared_bytes(const ProblemShape& s, int64_t buffers, int64_t batch, int64_t rows) {
-  return buffers * batch * s.hidden * s.state_bytes + s.hidden * rows * s.weight_bytes;
+int64_t shared_bytes(const ProblemShape& s, int64_t buffers, int64_t batch, int64_t rows,
+                     int64_t m_stride) {
+  return buffers * batch * s.hidden * s.state_bytes + rows * m_stride * s.weight_bytes;
+}
+
+// Sizes the block for its outputs, then its shared memory: M's rows padded against bank conflicts
+// where that fits, unpadded otherwise (the callers have checked that unpadded fits).
+void finish(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p, int threads_limit) {
+  size_block(s, p, p.rows_per_block * p.batch_per_group, threads_limit);
+  p.shared_bytes =
+      shared_bytes(s, p.state_buffers, p.batch_per_group, p.rows_per_block, p.m_stride);
+  if (p.shared_bytes > device.shared_bytes_per_block) {
+    p.m_stride = s.hidden;
+    p.shared_bytes =
+        shared_bytes(s, p.state_buffers, p.batch_per_group, p.rows_per_block, s.hidden);
+  }
 }
 
 // kBlock: all of M in each block; each block runs one direction for Bs batch entries.
@@ -45,8 +71,7 @@ bool plan_block(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p
   p.batch_per_group = batch;
   p.groups_per_direction = ceil_div(s.batch, batch);
   p.state_buffers = 2;
-  p.shared_bytes = shared_bytes(s, 2, batch, H);
-  size_block(p, H * batch, threads_limit);
+  finish(s, device, p, threads_limit);
   return true;
 }
 
@@ -70,7 +95,7 @@ bool plan_grid(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p,
     *why_not = "the batch is too large for one grid's threads";
     return false;
   }
-  if (shared_bytes(s, 1, B, rows) > device.shared_bytes_per_block) {
+  if (shared_bytes(s, 1, B, rows, H) > device.shared_bytes_per_block) {
     *why_not = "a block's rows of W_hh and the batch's state do not fit its shared memory";
     return false;
   }
@@ -80,8 +105,7 @@ bool plan_grid(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p,
   p.batch_per_group = B;
   p.groups_per_direction = 1;
   p.state_buffers = 1;
-  p.shared_bytes = shared_bytes(s, 1, B, rows);
-  size_block(p, rows * B, threads_limit);
+  finish(s, device, p, threads_limit);
   return true;
 }
 

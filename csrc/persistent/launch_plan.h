@@ -3,6 +3,10 @@
 // a GPU; the kernels (csrc/cuda/persistent_kernels.cuh) and the CPU emulation of them
 // (csrc/persistent/emulate.cpp) both take their indexing from here.
 //
+// Each output's dot product over k is split between `split` adjacent lanes of a warp (each sums
+// every split-th k, then a butterfly of warp shuffles adds the parts), so that a step's latency is
+// H / split multiply-adds rather than H.
+//
 // One persistent launch runs the whole recurrence of one layer, both directions:
 //   forward   h_t[b, i]  = act(Y_t[b, i] + sum_k W_hh[i, k] h_{t-1}[b, k])
 //   backward  dh[b, k]   = sum_j W_hh[j, k] dZ_t[b, j]
@@ -60,9 +64,12 @@ struct LaunchPlan {
   int64_t batch_per_group = 0;   // Bs: batch entries per group (the last group may own fewer)
   int64_t groups_per_direction = 0;  // ceil(B / Bs)
   int threads = 0;                   // per block
-  int outputs_per_thread = 0;        // <= kMaxOutputsPerThread
+  int split = 1;                     // lanes per output: a power of two, at most 32
+  int outputs_per_thread = 0;        // per group of `split` lanes; <= kMaxOutputsPerThread
+  int64_t m_stride = 0;              // elements between rows of M in shared memory (>= H, padded)
   int64_t state_buffers = 0;         // copies of the group's state in shared memory (2, or 1)
   int64_t shared_bytes = 0;          // dynamic shared memory per block
+  bool forced = false;               // asked for (RNNKERN_CUDA_ALGORITHM), not chosen
 
   RNNKERN_HD int64_t blocks() const { return directions * groups_per_direction * blocks_per_group; }
 };
@@ -83,15 +90,16 @@ RNNKERN_HD inline BlockView block_view(const LaunchPlan& p, int64_t block) {
   return {d, b0, b1 - b0, r0, r1 - r0};
 }
 
-// The m-th output owned by thread `thread` of a block: local row r (of M's slice) and local batch
-// entry b, or valid == false. Consecutive threads own consecutive rows, so their shared-memory
-// reads of M (stored [k][r]) fall in consecutive banks and their reads of the state broadcast.
+// The m-th output owned by thread `thread` of a block (and by the other lanes of its group): local
+// row r (of M's slice) and local batch entry b, or valid == false. Adjacent groups own adjacent
+// rows: their reads of M (stored [r][k], rows m_stride apart) fall in different banks, and their
+// reads of the state (the same k) broadcast.
 struct Owned {
   bool valid;
   int64_t row, batch;  // local to the block
 };
 RNNKERN_HD inline Owned owned_output(const LaunchPlan& p, const BlockView& v, int thread, int m) {
-  const int64_t o = thread + int64_t(p.threads) * m;
+  const int64_t o = thread / p.split + int64_t(p.threads / p.split) * m;
   if (o >= v.row_count * v.batch_count) return {false, 0, 0};
   return {true, o % v.row_count, o / v.row_count};
 }

@@ -82,7 +82,7 @@ RNNKERN_HD inline S load_shared_state(const S* p) {
 }
 
 // One block's shared memory: the group's state (state_buffers copies of [Bs][H], type S), then its
-// slice of M, stored [k][r] with row stride rows_per_block.
+// rows of M, stored [r][k] with rows m_stride elements apart.
 template <typename T, typename S>
 struct BlockMemory {
   S* state[2];
@@ -112,10 +112,10 @@ RNNKERN_HD inline S* exchange_slice(const RecurrenceParams<T, S>& p, const Block
 template <typename T>
 RNNKERN_HD inline void load_m_slice(const LaunchPlan& p, const BlockView& v, int thread, const T* w,
                                     bool transpose, T* m) {
-  const int64_t H = p.hidden, R = p.rows_per_block;
+  const int64_t H = p.hidden;
   for (int64_t e = thread; e < H * v.row_count; e += p.threads) {
-    const int64_t k = e / v.row_count, r = e % v.row_count, row = v.r0 + r;
-    m[k * R + r] = transpose ? w[k * H + row] : w[row * H + k];
+    const int64_t r = e / H, k = e % H, row = v.r0 + r;
+    m[r * p.m_stride + k] = transpose ? w[k * H + row] : w[row * H + k];
   }
 }
 
@@ -127,12 +127,35 @@ RNNKERN_HD inline void stage_state(const LaunchPlan& p, const BlockView& v, int 
     shared_state[e] = load_shared_state(group_state + e);
 }
 
-// sum_k M[r, k] v[k] over this block's slice of M.
+// ---- the mat-vec of a step, in two halves around the sum over a lane group ----------------------
+
+// partial[m] = sum over k = lane, lane + split, ... of M[r, k] v_b[k] for the m-th owned output
+// (r, b) if its sequence runs at this step (b < rows), else 0. Every lane of a group computes its
+// part of the same outputs; the parts are then added by group_sum (a butterfly of warp shuffles on
+// the GPU, emulate.cpp's copy of it on the CPU), after which every lane holds the whole sum.
 template <typename T, typename S>
-RNNKERN_HD inline S row_times_state(const T* m, int rows_per_block, int r, const S* v, int hidden) {
-  S acc = S(0);
-  for (int k = 0; k < hidden; ++k) acc += static_cast<S>(m[k * rows_per_block + r]) * v[k];
-  return acc;
+RNNKERN_HD inline void partial_products(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                        int thread, int64_t rows, const T* m_slice, const S* in,
+                                        S* partial) {
+  const int H = int(p.plan.hidden), split = p.plan.split, lane = thread % split;
+  const int stride = int(p.plan.m_stride);
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    if (m >= p.plan.outputs_per_thread) break;  // the same for every thread of the block
+    const Owned o = owned_output(p.plan, v, thread, m);
+    S acc = S(0);
+    if (o.valid && v.b0 + o.batch < rows && !p.barriers_only) {
+      const T* row = m_slice + o.row * stride;
+      const S* state = in + o.batch * H;
+      for (int k = lane; k < H; k += split) acc += static_cast<S>(row[k]) * state[k];
+    }
+    partial[m] = acc;
+  }
+}
+
+// Whether this thread writes the results of its group (all lanes hold the same values).
+RNNKERN_HD inline bool group_leader(const LaunchPlan& p, int thread) {
+  return thread % p.split == 0;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
@@ -148,16 +171,18 @@ RNNKERN_HD inline void forward_start(const RecurrenceParams<T, S>& p, const Bloc
     if (!o.valid) break;
     const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
     carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + i]);
-    out[o.batch * H + i] = carry[m];
+    if (group_leader(p.plan, thread)) out[o.batch * H + i] = carry[m];
   }
 }
 
-// Step t: h = act(Y_t + M h_prev) for the owned outputs whose sequence runs at t.
+// Step t, after the mat-vec: h = act(Y_t + sum) for the owned outputs whose sequence runs at t,
+// written to y and, with the others' unchanged state, to `out`.
 template <typename T, typename S>
-RNNKERN_HD inline void forward_step(const RecurrenceParams<T, S>& p, const BlockView& v, int thread,
-                                    int64_t t, const T* m_slice, const S* in, S* out, S* carry) {
+RNNKERN_HD inline void forward_apply(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                     int thread, int64_t t, const S* sum, S* out, S* carry) {
   const int64_t H = p.plan.hidden, rows = step_rows(p, t);
   T* y_step = p.y + step_offset(p, t) * p.ld + v.direction * H;
+  const bool leader = group_leader(p.plan, thread);
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {
     const Owned o = owned_output(p.plan, v, thread, m);
@@ -165,18 +190,15 @@ RNNKERN_HD inline void forward_step(const RecurrenceParams<T, S>& p, const Block
     const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
     if (b < rows) {
       T* y = y_step + b * p.ld + i;
-      const S mv = p.barriers_only ? S(0)
-                                   : row_times_state(m_slice, int(p.plan.rows_per_block),
-                                                     int(o.row), in + o.batch * H, int(H));
-      carry[m] = activate(static_cast<S>(*y) + mv, p.relu);
-      *y = static_cast<T>(carry[m]);
+      carry[m] = activate(static_cast<S>(*y) + sum[m], p.relu);
+      if (leader) *y = static_cast<T>(carry[m]);
     }
-    out[o.batch * H + i] = carry[m];
+    if (leader) out[o.batch * H + i] = carry[m];
   }
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-// Per step t (in backward order): dZ_t = (dh + dY_t) * act'(h_t), then dh = W_hh^T dZ_t. The thread
+// Per step t (in backward order): dZ_t = (dh + dY_t) * act'(h_t), then dh = W_hh^T dZ_t. The group
 // that owns column k of dh also owns column k of dZ, so dZ for the next step is formed right after
 // the mat-vec, and one barrier per step suffices.
 
@@ -198,6 +220,7 @@ RNNKERN_HD inline void backward_start(const RecurrenceParams<T, S>& p, const Blo
 template <typename T, typename S>
 RNNKERN_HD inline void backward_dz(const RecurrenceParams<T, S>& p, const BlockView& v, int thread,
                                    int64_t t, S* out, const S* carry) {
+  if (!group_leader(p.plan, thread)) return;
   const int64_t H = p.plan.hidden, rows = step_rows(p, t);
   const int64_t first = step_offset(p, t) * p.ld + v.direction * H;
   RNNKERN_UNROLL
@@ -215,19 +238,17 @@ RNNKERN_HD inline void backward_dz(const RecurrenceParams<T, S>& p, const BlockV
   }
 }
 
-// dh = W_hh^T dZ_t for the owned outputs whose sequence runs at t; the others keep dh.
+// After the mat-vec of step t: dh = sum for the owned outputs whose sequence runs at t; the others
+// keep dh.
 template <typename T, typename S>
-RNNKERN_HD inline void backward_matvec(const RecurrenceParams<T, S>& p, const BlockView& v,
-                                       int thread, int64_t t, const T* m_slice, const S* in,
-                                       S* carry) {
-  const int64_t H = p.plan.hidden, rows = step_rows(p, t);
+RNNKERN_HD inline void backward_apply(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                      int thread, int64_t t, const S* sum, S* carry) {
+  const int64_t rows = step_rows(p, t);
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {
     const Owned o = owned_output(p.plan, v, thread, m);
     if (!o.valid) break;
-    if (v.b0 + o.batch < rows && !p.barriers_only)
-      carry[m] = row_times_state(m_slice, int(p.plan.rows_per_block), int(o.row), in + o.batch * H,
-                                 int(H));
+    if (v.b0 + o.batch < rows && !p.barriers_only) carry[m] = sum[m];
   }
 }
 
@@ -235,6 +256,7 @@ RNNKERN_HD inline void backward_matvec(const RecurrenceParams<T, S>& p, const Bl
 template <typename T, typename S>
 RNNKERN_HD inline void write_final_state(const RecurrenceParams<T, S>& p, const BlockView& v,
                                          int thread, const S* carry) {
+  if (!group_leader(p.plan, thread)) return;
   const int64_t H = p.plan.hidden;
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {

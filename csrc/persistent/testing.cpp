@@ -49,6 +49,8 @@ py::dict plan_as_dict(int64_t hidden, int64_t batch, int64_t directions, int64_t
   d["groups_per_direction"] = p.groups_per_direction;
   d["threads"] = p.threads;
   d["outputs_per_thread"] = p.outputs_per_thread;
+  d["split"] = p.split;
+  d["m_stride"] = p.m_stride;
   d["state_buffers"] = p.state_buffers;
   d["shared_bytes"] = p.shared_bytes;
   return d;
@@ -69,9 +71,11 @@ Tensor plan_owners(int64_t hidden, int64_t batch, int64_t directions, int64_t we
     for (int th = 0; th < p.threads; ++th) {
       for (int m = 0; m < kMaxOutputsPerThread; ++m, ++n) {
         const Owned o = owned_output(p, v, th, m);
-        a[n][0] = o.valid ? v.direction : -1;
-        a[n][1] = o.valid ? v.r0 + o.row : -1;
-        a[n][2] = o.valid ? v.b0 + o.batch : -1;
+        // Every lane of a group owns its group's outputs; count each output once, at lane 0.
+        const bool counted = o.valid && th % p.split == 0;
+        a[n][0] = counted ? v.direction : -1;
+        a[n][1] = counted ? v.r0 + o.row : -1;
+        a[n][2] = counted ? v.b0 + o.batch : -1;
       }
     }
   }
