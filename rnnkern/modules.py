@@ -45,10 +45,28 @@ def _warn_fallback(module: str, device: torch.device, dtype: torch.dtype) -> Non
         )
 
 
-def _use_kernel(input: Tensor, hx: Tensor, weights: list[Tensor]) -> bool:
-    # Under autocast, input and weights may differ in dtype: torch's RNN knows autocast's rules.
+def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dtype | None:
+    """The dtype a fused kernel runs this call in, or None for torch's own RNN implementation.
+
+    Under autocast, nn.RNN computes in autocast's lower-precision dtype (its float32 tensors are
+    cast; float64 ones are not): a kernel for that dtype does the same, and where there is none,
+    torch's RNN applies autocast's rules itself, so the result is nn.RNN's either way.
+    """
+    tensors = (input, hx, *weights)
+    device = input.device
+    if torch.is_autocast_enabled(device.type) and any(t.dtype != torch.float64 for t in tensors):
+        dtype = torch.get_autocast_dtype(device.type)
+        return dtype if has_kernel(device, dtype) else None
     dtype = input.dtype
-    return has_kernel(input.device, dtype) and all(t.dtype == dtype for t in (hx, *weights))
+    return dtype if has_kernel(device, dtype) and all(t.dtype == dtype for t in tensors) else None
+
+
+def _warn_if_no_kernel_for(module: str, input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
+    # Only when the dtype is the reason: not for autocast, nor for mixed dtypes (which raise).
+    if not torch.is_autocast_enabled(input.device.type) and all(
+        t.dtype == input.dtype for t in (hx, *weights)
+    ):
+        _warn_fallback(module, input.device, input.dtype)
 
 
 class RNN(nn.RNNBase):
@@ -194,11 +212,13 @@ class RNN(nn.RNNBase):
             )
 
         weights = [getattr(self, name) for name in self._flat_weights_names]
-        if not _use_kernel(data, hx, weights):
-            if data.dtype == weights[0].dtype and hx.dtype == data.dtype:
-                _warn_fallback("RNN", data.device, data.dtype)
+        dtype = _kernel_dtype(data, hx, weights)
+        if dtype is None:
+            _warn_if_no_kernel_for("RNN", data, hx, weights)
             output, h_n = self._torch_rnn(data, hx, weights, batch_sizes)
         else:
+            # Casts only under autocast (differentiable: gradients reach the float32 parameters).
+            data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
             if self.batch_first and not packed:
                 data = data.transpose(0, 1)
             output, h_n = elman_rnn(
@@ -287,12 +307,13 @@ class RNNCell(nn.RNNCell):
         weights = [self.weight_ih, self.weight_hh]
         if self.bias:
             weights += [self.bias_ih, self.bias_hh]
-        if _use_kernel(x, h, weights):
+        dtype = _kernel_dtype(x, h, weights)
+        if dtype is not None:
+            x, h, weights = x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights]
             out, _ = elman_layer(x.unsqueeze(0), h.unsqueeze(0), weights, None, self.nonlinearity)
             out = out[0]
         else:
-            if x.dtype == weights[0].dtype and h.dtype == x.dtype:
-                _warn_fallback("RNNCell", x.device, x.dtype)
+            _warn_if_no_kernel_for("RNNCell", x, h, weights)
             fn = torch._VF.rnn_tanh_cell if self.nonlinearity == "tanh" else torch._VF.rnn_relu_cell
             out = fn(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return out if batched else out.squeeze(0)

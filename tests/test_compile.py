@@ -62,3 +62,61 @@ def test_compile_cell_loop():
     h = torch.randn(2, 5)
     compiled = torch.compile(unroll, fullgraph=True, backend="aot_eager")
     assert_close(compiled(cell, xs, h), unroll(ref, xs, h), TOL[torch.float32], "cell loop")
+
+
+class CountingBackend:
+    """A torch.compile backend that counts the graphs it is given (one per (re)compilation)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+def test_dynamic_sequence_lengths_compile_once():
+    torch._dynamo.reset()
+    theirs, ours = rnn_pair(input_size=3, hidden_size=8, num_layers=2)
+    backend = CountingBackend()
+    compiled = torch.compile(ours, fullgraph=True, dynamic=True, backend=backend)
+    for steps in (5, 9, 17, 33, 64):
+        x = torch.randn(steps, 2, 3)
+        assert_close(compiled(x)[0], theirs(x)[0], TOL[torch.float32], f"{steps} steps")
+    assert backend.graphs == 1, f"compiled {backend.graphs} times for 5 sequence lengths"
+
+    # By default dynamo compiles a static graph first, then one dynamic graph for the rest.
+    torch._dynamo.reset()
+    backend = CountingBackend()
+    compiled = torch.compile(ours, fullgraph=True, backend=backend)
+    for steps in (5, 9, 17, 33, 64):
+        compiled(torch.randn(steps, 2, 3))
+    assert backend.graphs <= 2, f"compiled {backend.graphs} times for 5 sequence lengths"
+
+
+def train(model: nn.Module, steps: int, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        for x, y in data:
+            optimizer.zero_grad()
+            prediction, _ = model(x)
+            nn.functional.mse_loss(prediction.mean(1), y).backward()
+            optimizer.step()
+
+
+def test_model_trains_under_compile_to_the_same_weights_as_eager():
+    # rnnkern.RNN between other layers, trained with SGD and momentum: torch.compile (inductor)
+    # reaches the weights eager training reaches.
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    config = dict(input_size=3, hidden_size=12, num_layers=2, batch_first=True, bidirectional=True)
+    eager = Regressor(rnnkern.RNN(**config))
+    compiled_model = Regressor(rnnkern.RNN(**config))
+    compiled_model.load_state_dict(eager.state_dict())
+    initial = {k: v.clone() for k, v in eager.state_dict().items()}
+    data = [(torch.randn(4, 10, 3), torch.randn(4, 1)) for _ in range(3)]
+    train(eager, 4, data)
+    train(torch.compile(compiled_model, fullgraph=True), 4, data)
+    for name, trained in eager.state_dict().items():
+        assert not torch.equal(trained, initial[name]), f"{name} did not train"
+        assert_close(compiled_model.state_dict()[name], trained, GRAD_TOL[torch.float32], name)

@@ -279,3 +279,24 @@ def test_unverified_cuda_kernels_are_opt_in():
     assert enabled == (
         rnnkern._C.has_cuda_kernels() and os.environ.get("RNNKERN_CUDA_KERNELS") == "1"
     )
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_matches_nn_rnn(cuda_kernels, dtype):
+    # Under CUDA autocast the float32 module's call is cast to `dtype` and runs rnnkern's kernels.
+    torch.manual_seed(6)
+    theirs = torch.nn.RNN(4, 32, 2, device="cuda")
+    ours = rnnkern.RNN(4, 32, 2, device="cuda")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(12, 3, 4, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        out, h_n = ours(x)
+        out_t, h_n_t = theirs(x)
+    assert (out.dtype, h_n.dtype) == (out_t.dtype, h_n_t.dtype)
+    torch.testing.assert_close(out.float(), out_t.float(), **TOL[dtype])
+    grads = torch.autograd.grad(out.float().sum(), [x, *ours.parameters()])
+    grads_t = torch.autograd.grad(out_t.float().sum(), [x, *theirs.parameters()])
+    for g, g_t in zip(grads, grads_t):
+        assert g.dtype == g_t.dtype
+        torch.testing.assert_close(g, g_t, **GRAD_TOL[dtype])
