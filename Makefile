@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: build demo test speed bench bench-pytest gpu-check lint format clean
+.PHONY: build demo test speed bench bench-pytest gpu-check asan lint format clean
 
 # The venv sees this checkout through a .pth file (what an editable install does), so that the
 # extension is built once, in place and incrementally, by `make build` rather than again by pip.
@@ -49,6 +49,10 @@ bench: build
 # every test with the CUDA kernels on, and the GPU benchmark; results in benchmarks/results/cuda/.
 gpu-check:
 	tools/gpu_check.sh
+
+# The C++ under AddressSanitizer, with the fuzz, property and error tests (CI runs it too).
+asan: $(INSTALLED)
+	PY=$(PY) tools/asan_check.sh
 
 # The pytest-benchmark suite (not part of `make test`).
 bench-pytest: build

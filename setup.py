@@ -11,6 +11,7 @@ Environment:
   MAX_JOBS                 parallel compile jobs (ninja)
   RNNKERN_DEBUG=1          -O0 -g
   RNNKERN_WERROR=0         warnings in rnnkern's own C++ are not errors (default: they are)
+  RNNKERN_SANITIZE=address build the C++ with AddressSanitizer (make asan; load with LD_PRELOAD)
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def extension_modules():
     # the -I cpp_extension also adds for them).
     system_includes = [f"-isystem{p}" for p in cpp_extension.include_paths()]
     werror = [] if os.environ.get("RNNKERN_WERROR") == "0" else ["-Werror"]
-    cxx_flags = [*opt, "-fopenmp", "-Wall", "-Wextra", *werror, *system_includes]
+    sanitize = os.environ.get("RNNKERN_SANITIZE")
+    sanitizer = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else []
+    cxx_flags = [*opt, "-fopenmp", "-Wall", "-Wextra", *werror, *sanitizer, *system_includes]
 
     cuda_home = build_with_cuda(torch, cuda_sources)
     if cuda_home is None:
@@ -94,7 +97,7 @@ def extension_modules():
                 "rnnkern._C",
                 cxx_sources,
                 extra_compile_args={"cxx": cxx_flags},
-                extra_link_args=["-fopenmp"],
+                extra_link_args=["-fopenmp", *sanitizer],
             )
         ]
 
