@@ -203,3 +203,36 @@ def test_meta_device_shapes():
     rnn = rnnkern.RNN(3, 4, 2, bidirectional=True, device="meta")
     out, h_n = rnn(torch.empty(5, 2, 3, device="meta"))
     assert out.shape == (5, 2, 8) and h_n.shape == (4, 2, 4) and out.device.type == "meta"
+
+
+def test_non_contiguous_strided_and_expanded_tensors_like_nn_rnn():
+    # Inputs, states and even parameters that are views with unusual strides give nn.RNN's results.
+    theirs, ours = rnn_pair(input_size=4, hidden_size=8, num_layers=2, bidirectional=True)
+    wide = torch.randn(7, 3, 8)
+    cases = {
+        "strided input": (wide[..., ::2], torch.randn(4, 3, 8)),
+        "transposed input": (torch.randn(3, 7, 4).transpose(0, 1), torch.randn(4, 3, 8)),
+        "expanded input": (torch.randn(1, 3, 4).expand(7, 3, 4), torch.randn(4, 3, 8)),
+        "expanded h0": (torch.randn(7, 3, 4), torch.randn(4, 1, 8).expand(4, 3, 8)),
+        "strided h0": (torch.randn(7, 3, 4), torch.randn(4, 3, 16)[..., 1::2]),
+    }
+    for what, (x, h0) in cases.items():
+        assert not (x.is_contiguous() and h0.is_contiguous()), what
+        x = x.detach().requires_grad_()
+        out, h_n = ours(x, h0)
+        out_t, h_n_t = theirs(x, h0)
+        assert_close(out, out_t, TOL[torch.float32], what)
+        assert_close(h_n, h_n_t, TOL[torch.float32], what)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        (g_t,) = torch.autograd.grad(out_t.sum(), x)
+        assert_close(g, g_t, GRAD_TOL[torch.float32], what)
+
+    # Parameters passed as transposed views (torch.func.functional_call).
+    params = {
+        n: p.detach().t().contiguous().t() if p.dim() == 2 else p.detach()[None].expand(2, -1)[0]
+        for n, p in ours.named_parameters()
+    }
+    assert not all(p.is_contiguous() for p in params.values())
+    x = torch.randn(5, 3, 4)
+    out = torch.func.functional_call(ours, params, (x,))[0]
+    assert_close(out, theirs(x)[0], TOL[torch.float32], "strided parameters")
