@@ -120,11 +120,26 @@ RNNKERN_HD inline void load_m_slice(const LaunchPlan& p, const BlockView& v, int
 }
 
 // Copies the group's state, written by all its blocks into global memory, into shared memory.
+// Four loads are issued before the first store, so a thread waits for one L2 round trip per four
+// elements rather than one per element.
 template <typename S>
 RNNKERN_HD inline void stage_state(const LaunchPlan& p, const BlockView& v, int thread,
                                    const S* group_state, S* shared_state) {
-  for (int64_t e = thread; e < v.batch_count * p.hidden; e += p.threads)
-    shared_state[e] = load_shared_state(group_state + e);
+  constexpr int kInFlight = 4;
+  const int64_t n = v.batch_count * p.hidden;
+  for (int64_t first = thread; first < n; first += int64_t(kInFlight) * p.threads) {
+    S loaded[kInFlight];
+    RNNKERN_UNROLL
+    for (int j = 0; j < kInFlight; ++j) {
+      const int64_t e = first + int64_t(j) * p.threads;
+      loaded[j] = e < n ? load_shared_state(group_state + e) : S(0);
+    }
+    RNNKERN_UNROLL
+    for (int j = 0; j < kInFlight; ++j) {
+      const int64_t e = first + int64_t(j) * p.threads;
+      if (e < n) shared_state[e] = loaded[j];
+    }
+  }
 }
 
 // ---- the mat-vec of a step, in two halves around the sum over a lane group ----------------------
