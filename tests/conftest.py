@@ -17,6 +17,18 @@ GRAD_TOL = {
 }
 
 
+# nn.RNN's constructor arguments other than device and dtype.
+RNN_ARGS = (
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "nonlinearity",
+    "bias",
+    "batch_first",
+    "bidirectional",
+)
+
+
 def rnn_pair(dtype=torch.float32, seed=0, **config) -> tuple[nn.RNN, rnnkern.RNN]:
     """A torch.nn.RNN and an rnnkern.RNN with the same configuration and the same weights."""
     torch.manual_seed(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from conftest import RNN_ARGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reference import run_reference
@@ -82,18 +83,7 @@ def run(module, x, h0, lengths, batch_first, cotangents):
 def test_matches_nn_rnn_and_the_numpy_reference(c):
     torch.manual_seed(c["seed"])
     dtype = c["dtype"]
-    config = {
-        k: c[k]
-        for k in (
-            "input_size",
-            "hidden_size",
-            "num_layers",
-            "nonlinearity",
-            "bias",
-            "batch_first",
-            "bidirectional",
-        )
-    }
+    config = {k: c[k] for k in RNN_ARGS}
     theirs = nn.RNN(**config, dtype=dtype)
     with torch.no_grad():
         for w in theirs.parameters():

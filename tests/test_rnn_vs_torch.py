@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
+from conftest import GRAD_TOL, RNN_ARGS, TOL, assert_close, grads, rnn_pair
 
 
 def random_configs(count: int, seed: int) -> list[dict]:
@@ -32,18 +32,7 @@ def random_configs(count: int, seed: int) -> list[dict]:
 
 
 def split(config: dict):
-    module_args = {
-        k: config[k]
-        for k in (
-            "input_size",
-            "hidden_size",
-            "num_layers",
-            "nonlinearity",
-            "bias",
-            "batch_first",
-            "bidirectional",
-        )
-    }
+    module_args = {k: config[k] for k in RNN_ARGS}
     return module_args, config["seq_len"], config["batch"], config["dtype"], config["with_h0"]
 
 

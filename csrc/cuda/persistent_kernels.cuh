@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   S carry[kMaxOutputsPerThread], partial[kMaxOutputsPerThread];
 
   persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
-  persistent::backward_start(p, v, th, carry);
+  persistent::load_initial_state(p, v, th, carry);
   persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, 0, true),
                           state_out<kGrid>(p, v, mem, 0), carry);
   step_barrier<kGrid>();

@@ -105,7 +105,7 @@ void emulate_backward(const RecurrenceParams<S, S>& p) {
   using Mem = BlockMemory<S, S>;
   launch.phase([&](const BlockView& v, Mem mem, int th, S* carry, S*) {
     load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
-    backward_start(p, v, th, carry);
+    load_initial_state(p, v, th, carry);
     const int64_t t = visited_step(p.steps, v.direction, 0, /*backward=*/true);
     backward_dz(p, v, th, t, grid ? exchange_slice(p, v, 0) : mem.state[0], carry);
   });

@@ -173,12 +173,11 @@ RNNKERN_HD inline bool group_leader(const LaunchPlan& p, int thread) {
   return thread % p.split == 0;
 }
 
-// ---- forward ------------------------------------------------------------------------------------
-
-// Before the first step: carry = h0, also written to `out` for the first mat-vec.
+// Before the first step: carry = the initial state of the owned outputs (h0 forward, the gradient
+// of h_n backward).
 template <typename T, typename S>
-RNNKERN_HD inline void forward_start(const RecurrenceParams<T, S>& p, const BlockView& v,
-                                     int thread, S* out, S* carry) {
+RNNKERN_HD inline void load_initial_state(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                          int thread, S* carry) {
   const int64_t H = p.plan.hidden;
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {
@@ -186,7 +185,22 @@ RNNKERN_HD inline void forward_start(const RecurrenceParams<T, S>& p, const Bloc
     if (!o.valid) break;
     const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
     carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + i]);
-    if (group_leader(p.plan, thread)) out[o.batch * H + i] = carry[m];
+  }
+}
+
+// ---- forward ------------------------------------------------------------------------------------
+
+// Before the first step: carry = h0, also written to `out` for the first mat-vec.
+template <typename T, typename S>
+RNNKERN_HD inline void forward_start(const RecurrenceParams<T, S>& p, const BlockView& v,
+                                     int thread, S* out, S* carry) {
+  load_initial_state(p, v, thread, carry);
+  if (!group_leader(p.plan, thread)) return;
+  RNNKERN_UNROLL
+  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
+    const Owned o = owned_output(p.plan, v, thread, m);
+    if (!o.valid) break;
+    out[o.batch * p.plan.hidden + v.r0 + o.row] = carry[m];
   }
 }
 
@@ -216,19 +230,6 @@ RNNKERN_HD inline void forward_apply(const RecurrenceParams<T, S>& p, const Bloc
 // Per step t (in backward order): dZ_t = (dh + dY_t) * act'(h_t), then dh = W_hh^T dZ_t. The group
 // that owns column k of dh also owns column k of dZ, so dZ for the next step is formed right after
 // the mat-vec, and one barrier per step suffices.
-
-template <typename T, typename S>
-RNNKERN_HD inline void backward_start(const RecurrenceParams<T, S>& p, const BlockView& v,
-                                      int thread, S* carry) {
-  const int64_t H = p.plan.hidden;
-  RNNKERN_UNROLL
-  for (int m = 0; m < kMaxOutputsPerThread; ++m) {
-    const Owned o = owned_output(p.plan, v, thread, m);
-    if (!o.valid) break;
-    const int64_t b = v.b0 + o.batch, k = v.r0 + o.row;
-    carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + k]);
-  }
-}
 
 // dZ_t for the owned outputs, written to p.dz (for the weight gradients) and to `out` (for the
 // mat-vec of step t); zero for rows that do not run at t.
