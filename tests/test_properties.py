@@ -4,12 +4,14 @@ Hypothesis draws every shape from 1 up (sequence length, batch, input and hidden
 directions, nonlinearity, bias, batch_first, variable lengths (PackedSequence), dtype and the scale
 of inputs and weights: large enough to saturate tanh, or to make relu grow layer after layer. Each
 example compares the output, h_n and the gradient of every input and parameter. The runs are
-derandomized (the same examples every time), so CI cannot pass or fail by chance.
+derandomized (the same examples every time), so CI cannot pass or fail by chance. Where a GPU is
+visible the same examples run rnnkern's CUDA kernels too (against nn.RNN on the CPU).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import RNN_ARGS
 from hypothesis import HealthCheck, given, settings
@@ -19,13 +21,20 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
+from rnnkern import _ops
+
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
+    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
+)
 
 PROPERTY_SETTINGS = settings(
     max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    # The device fixture only names a device; it holds no state between examples.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 TOL = {
     torch.float64: dict(atol=1e-10, rtol=1e-8),
@@ -61,9 +70,10 @@ def configurations(draw):
 
 
 def run(module, x, h0, lengths, batch_first, cotangents):
-    """Output (padded, sequence-first), h_n and every gradient of one module."""
-    x = x.clone().requires_grad_()
-    h0 = None if h0 is None else h0.clone().requires_grad_()
+    """Output (padded, sequence-first), h_n and every gradient of one module, back on the CPU."""
+    device = next(module.parameters()).device
+    x = x.to(device, copy=True).requires_grad_()
+    h0 = None if h0 is None else h0.to(device, copy=True).requires_grad_()
     xin = x.transpose(0, 1) if batch_first else x
     if lengths is not None:
         xin = pack_padded_sequence(xin, torch.tensor(lengths), batch_first, enforce_sorted=False)
@@ -72,15 +82,23 @@ def run(module, x, h0, lengths, batch_first, cotangents):
         out, _ = pad_packed_sequence(out, batch_first, total_length=x.shape[0])
     if batch_first:
         out = out.transpose(0, 1)
-    d_out, d_hn = cotangents
+    d_out, d_hn = (c.to(device) for c in cotangents)
     inputs = [x] + ([] if h0 is None else [h0]) + list(module.parameters())
     grads = torch.autograd.grad((out * d_out).sum() + (h_n * d_hn).sum(), inputs)
-    return out, h_n, grads
+    return out.cpu(), h_n.cpu(), [g.cpu() for g in grads]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_gpu)])
+def device(request, monkeypatch):
+    """The device rnnkern runs on; nn.RNN and the reference run on the CPU."""
+    if request.param == "cuda":
+        monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
+    return request.param
 
 
 @PROPERTY_SETTINGS
-@given(configurations())
-def test_matches_nn_rnn_and_the_numpy_reference(c):
+@given(c=configurations())
+def test_matches_nn_rnn_and_the_numpy_reference(device, c):
     torch.manual_seed(c["seed"])
     dtype = c["dtype"]
     config = {k: c[k] for k in RNN_ARGS}
@@ -88,7 +106,7 @@ def test_matches_nn_rnn_and_the_numpy_reference(c):
     with torch.no_grad():
         for w in theirs.parameters():
             w.mul_(c["scale"])
-    ours = rnnkern.RNN(**config, dtype=dtype)
+    ours = rnnkern.RNN(**config, dtype=dtype, device=device)
     ours.load_state_dict(theirs.state_dict())
 
     directions = 2 if c["bidirectional"] else 1
