@@ -426,23 +426,10 @@ def cuda_kernel_names(call) -> list[str]:
 
 def rnnkern_algorithm(config: Config) -> str:
     """The recurrence algorithm rnnkern's CUDA kernels choose for this configuration."""
-    import os
+    from rnnkern._ops import cuda_launch_plan
 
-    from rnnkern import _C
-
-    forced = os.environ.get("RNNKERN_CUDA_ALGORITHM", "auto")
-    prop = torch.cuda.get_device_properties(torch.cuda.current_device())
-    device = (prop.multi_processor_count, prop.shared_memory_per_block_optin, 1024, True)
-    dtype = DTYPES[config.dtype]
-    plan = _C.persistent.plan_launch(
-        config.hidden,
-        config.batch,
-        2 if config.bidirectional else 1,
-        dtype.itemsize,
-        8 if dtype == torch.float64 else 4,
-        device,
-        forced,
-    )
+    directions = 2 if config.bidirectional else 1
+    plan = cuda_launch_plan(config.hidden, config.batch, directions, DTYPES[config.dtype])
     return plan["algorithm"]
 
 

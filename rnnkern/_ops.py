@@ -40,6 +40,29 @@ def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype in KERNEL_DTYPES.get(device.type, ())
 
 
+def cuda_device_limits(device: torch.device | int | None = None) -> tuple[int, int, int, bool]:
+    """A CUDA device as the persistent kernels' launch plan sees it: (multiprocessors, shared memory
+    per block (opt-in), threads per block, cooperative launch), the properties
+    csrc/cuda/choose_plan.cpp reads. Every architecture rnnkern builds for (sm_80 and up) has 1024
+    threads per block and cooperative launches."""
+    prop = torch.cuda.get_device_properties(device)
+    return (prop.multi_processor_count, prop.shared_memory_per_block_optin, 1024, True)
+
+
+def cuda_launch_plan(
+    hidden: int, batch: int, directions: int, dtype: torch.dtype, algorithm: str | None = None
+) -> dict:
+    """The plan rnnkern's CUDA kernels choose for one layer on the current GPU (which algorithm,
+    how many blocks, threads and lanes, how much shared memory): csrc/persistent/launch_plan.cpp.
+    ``algorithm`` forces one (block, grid, per_step), as RNNKERN_CUDA_ALGORITHM does, whose value
+    is the default."""
+    algorithm = algorithm or os.environ.get("RNNKERN_CUDA_ALGORITHM", "auto")
+    state_bytes = 8 if dtype == torch.float64 else 4
+    return _C.persistent.plan_launch(
+        hidden, batch, directions, dtype.itemsize, state_bytes, cuda_device_limits(), algorithm
+    )
+
+
 def _check_same_device(op: str, input: Tensor, others: Sequence[Tensor]) -> None:
     # The dispatcher picks this (meta) implementation as soon as one argument is on the meta device;
     # mixing devices must fail here as the real kernels would, not return an uninitialised tensor.

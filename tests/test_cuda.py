@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
-from rnnkern import _C, _ops, reference
+from rnnkern import _ops, reference
 
 needs_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
@@ -46,20 +46,8 @@ def algorithm(request, monkeypatch, cuda_kernels):
     return request.param
 
 
-def this_gpu() -> tuple[int, int, int, bool]:
-    """The current GPU as the launch plan sees it (csrc/cuda/choose_plan.cpp)."""
-    prop = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return (prop.multi_processor_count, prop.shared_memory_per_block_optin, 1024, True)
-
-
-def sizes(dtype: torch.dtype) -> tuple[int, int]:
-    return (dtype.itemsize, 8 if dtype == torch.float64 else 4)
-
-
 def plan(hidden, batch, directions, dtype, algorithm="auto"):
-    return _C.persistent.plan_launch(
-        hidden, batch, directions, *sizes(dtype), this_gpu(), algorithm
-    )
+    return _ops.cuda_launch_plan(hidden, batch, directions, dtype, algorithm)
 
 
 def layer_weights(hidden, input_size, directions, dtype, device="cuda", bias=True, scale=None):

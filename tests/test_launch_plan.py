@@ -156,3 +156,22 @@ def test_persistent_kernels_fit_the_register_file_without_spills():
         assert r["registers"] * P.max_threads <= REGISTERS_PER_SM, r
         assert r["stack"] == r["spill_st"] == r["spill_ld"] == 0, r
         assert r["shared"] == 0, "all shared memory is dynamic, counted by the plan"
+
+
+def test_python_helper_reads_the_gpu_as_choose_plan_does(monkeypatch):
+    # rnnkern._ops.cuda_launch_plan (the benchmark and the GPU tests use it) on a stand-in H100.
+    import types
+
+    import torch
+
+    from rnnkern import _ops
+
+    fake = types.SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=232448)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: fake)
+    monkeypatch.delenv("RNNKERN_CUDA_ALGORITHM", raising=False)
+    assert _ops.cuda_device_limits() == H100
+    assert _ops.cuda_launch_plan(1024, 1, 1, torch.float32) == plan(1024, 1, 1, "float32", H100)
+    assert _ops.cuda_launch_plan(64, 4, 2, torch.bfloat16)["algorithm"] == "block"
+    assert _ops.cuda_launch_plan(64, 4, 2, torch.float64, "grid")["algorithm"] == "grid"
+    monkeypatch.setenv("RNNKERN_CUDA_ALGORITHM", "per_step")
+    assert _ops.cuda_launch_plan(64, 4, 2, torch.float32)["algorithm"] == "per_step"
