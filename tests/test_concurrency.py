@@ -1,0 +1,255 @@
+"""rnnkern.RNN called from several Python threads at once, determinism, and recovery from errors.
+
+The CPU kernels run their own threads (at::parallel_for: two directions at once, or a recurrence and
+a helper thread handing 32-step blocks to each other through spin-waits, csrc/cpu/step_blocks.h), so
+what Python threads calling one module at the same time do to them is worth checking:
+
+* several threads calling the same module concurrently (forward; forward + torch.autograd.grad;
+  backward() accumulating into the shared .grad) get exactly the results of serial calls, which
+  match torch.nn.RNN with the same weights;
+* the same inputs give bitwise-identical outputs and gradients from run to run, and with
+  torch.set_num_threads(1) or (2), for the pipelined single-direction small-batch layers (batch
+  <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence);
+* a call that raised (in the module's checks or in the C++ operator) in another thread leaves the
+  module, and the kernels, working.
+
+A thread that never finishes (a deadlocked hand-off) fails the test after a timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+import torch
+from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
+from torch.nn.utils.rnn import pack_sequence
+
+import rnnkern
+
+THREADS = 4
+REPEATS = 5  # concurrent rounds per test, to give a race more chances to show
+JOIN_TIMEOUT_S = 60.0
+
+# name -> (RNN arguments, sequence length, batch, dtype)
+CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
+    # one direction, batch <= 32, >= 128 steps: the projection / weight-gradient helper thread
+    "pipelined": (dict(input_size=6, hidden_size=48, num_layers=2), 160, 3, torch.float32),
+    "pipelined_f64": (dict(input_size=5, hidden_size=20), 130, 2, torch.float64),
+    # the two directions on two threads
+    "bidirectional": (
+        dict(input_size=6, hidden_size=40, bidirectional=True, nonlinearity="relu"),
+        40,
+        5,
+        torch.float32,
+    ),
+    # batch > 32: addmm_ per step
+    "large_batch": (dict(input_size=6, hidden_size=32, num_layers=2), 20, 40, torch.float32),
+}
+
+
+def run_in_threads(fn: Callable, jobs: list[tuple], threads: int = THREADS) -> list:
+    """fn(*job) for every job, on `threads` threads started together; results in job order.
+
+    Re-raises the first exception of any thread, and fails if a thread does not finish in time.
+    """
+    results: list = [None] * len(jobs)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def work(first: int) -> None:
+        try:
+            barrier.wait(timeout=JOIN_TIMEOUT_S)
+            for i in range(first, len(jobs), threads):
+                results[i] = fn(*jobs[i])
+        except BaseException as error:  # noqa: B036  (handed to the main thread)
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=JOIN_TIMEOUT_S)
+    if any(w.is_alive() for w in workers):
+        pytest.fail(f"a thread did not finish within {JOIN_TIMEOUT_S:.0f} s (deadlock?)")
+    if errors:
+        raise errors[0]
+    return results
+
+
+def make_inputs(name: str, count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    config, seq_len, batch, dtype = CONFIGS[name]
+    directions = 2 if config.get("bidirectional") else 1
+    layers = config.get("num_layers", 1)
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(seq_len, batch, config["input_size"], generator=gen, dtype=dtype),
+            torch.randn(
+                layers * directions, batch, config["hidden_size"], generator=gen, dtype=dtype
+            ),
+        )
+        for _ in range(count)
+    ]
+
+
+def forward(module, x: torch.Tensor, h0: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return list(module(x, h0))
+
+
+def forward_backward(module, x: torch.Tensor, h0: torch.Tensor) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_()
+    h0 = h0.clone().requires_grad_()
+    out, h_n = module(x, h0)
+    return [out.detach(), h_n.detach(), *grads((out, h_n), [x, h0, *module.parameters()])]
+
+
+def assert_bitwise(actual: list[torch.Tensor], expected: list[torch.Tensor], what: str) -> None:
+    assert len(actual) == len(expected)
+    for i, (a, b) in enumerate(zip(actual, expected)):
+        assert torch.equal(a, b), f"{what}, result {i}: max diff {(a - b).abs().max().item():.3g}"
+
+
+def assert_matches_nn_rnn(ours: list[torch.Tensor], theirs: list[torch.Tensor], dtype) -> None:
+    assert_close(ours[0], theirs[0], TOL[dtype], "output vs nn.RNN")
+    assert_close(ours[1], theirs[1], TOL[dtype], "h_n vs nn.RNN")
+    for g_o, g_t in zip(ours[2:], theirs[2:]):
+        assert_close(g_o, g_t, GRAD_TOL[dtype], "gradient vs nn.RNN")
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) one module, several Python threads at once
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("step", [forward, forward_backward], ids=["forward", "forward_backward"])
+def test_threads_match_serial_calls_and_nn_rnn(name: str, step: Callable) -> None:
+    config, _, _, dtype = CONFIGS[name]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    inputs = make_inputs(name, 2 * THREADS)
+    serial = [step(ours, x, h0) for x, h0 in inputs]
+    for i, (x, h0) in enumerate(inputs[:2]):  # the rest equal these bitwise, below
+        assert_matches_nn_rnn(serial[i], step(theirs, x, h0), dtype)
+    for attempt in range(REPEATS):
+        concurrent = run_in_threads(lambda x, h0: step(ours, x, h0), inputs)
+        for i, expected in enumerate(serial):
+            assert_bitwise(
+                concurrent[i], expected, f"round {attempt}, input {i}: concurrent vs serial"
+            )
+    # the inputs really differ, so a thread reading another's data would be caught
+    assert not torch.allclose(concurrent[0][0], concurrent[1][0])
+
+
+@pytest.mark.parametrize("name", ["pipelined", "bidirectional"])
+def test_threads_accumulate_into_shared_grad(name: str) -> None:
+    """backward() from several threads at once: .grad is the sum of every call's gradient."""
+    config, _, _, dtype = CONFIGS[name]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    inputs = make_inputs(name, 2 * THREADS, seed=1)
+
+    def loss(module, x, h0):
+        out, h_n = module(x, h0)
+        return (out.sin() ** 2).sum() + (h_n * h0).sum()
+
+    run_in_threads(lambda x, h0: loss(ours, x, h0).backward(), inputs)
+    for x, h0 in inputs:
+        loss(theirs, x, h0).backward()
+    for (param_name, p_o), p_t in zip(ours.named_parameters(), theirs.parameters()):
+        assert p_o.grad is not None and p_o.grad.abs().max() > 0, param_name
+        # the order of the sums differs from run to run, so this is not bitwise
+        assert_close(p_o.grad, p_t.grad, GRAD_TOL[dtype], f"accumulated grad of {param_name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) determinism: run to run, and on one thread or two
+
+
+def packed_pipelined_call(module, seqs: list[torch.Tensor], h0: torch.Tensor):
+    seqs = [s.clone().requires_grad_() for s in seqs]
+    h0 = h0.clone().requires_grad_()
+    out, h_n = module(pack_sequence(seqs, enforce_sorted=False), h0)
+    return [
+        out.data.detach(),
+        h_n.detach(),
+        *grads((out.data, h_n), [*seqs, h0, *module.parameters()]),
+    ]
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, "pipelined_packed"])
+def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
+    if name == "pipelined_packed":
+        config, dtype = dict(input_size=4, hidden_size=33), torch.float32
+        theirs, ours = rnn_pair(dtype=dtype, **config)
+        gen = torch.Generator().manual_seed(3)
+        seqs = [torch.randn(n, 4, generator=gen) for n in (200, 131, 170, 140, 199)]
+        h0 = torch.randn(1, 5, 33, generator=gen)
+        call = lambda module: packed_pipelined_call(module, seqs, h0)  # noqa: E731
+    else:
+        config, _, _, dtype = CONFIGS[name]
+        theirs, ours = rnn_pair(dtype=dtype, **config)
+        ((x, h0),) = make_inputs(name, 1, seed=2)
+        call = lambda module: forward_backward(module, x, h0)  # noqa: E731
+
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 2, 1, 2):
+            torch.set_num_threads(n)
+            assert torch.get_num_threads() == n
+            results.append((n, call(ours)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    first = results[0][1]
+    for run, (n, other) in enumerate(results[1:], start=1):
+        assert_bitwise(other, first, f"run {run} on {n} thread(s) vs run 0 on 1 thread")
+    assert_matches_nn_rnn(first, call(theirs), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) errors in other threads
+
+
+def test_module_works_after_errors_in_other_threads() -> None:
+    config, _, _, dtype = CONFIGS["pipelined"]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    inputs = make_inputs("pipelined", THREADS, seed=4)
+    before = [forward_backward(ours, x, h0) for x, h0 in inputs]
+
+    x, h0 = inputs[0]
+    bad_weights = [p.detach() for p in ours.parameters()][:4]
+    bad_weights[1] = torch.randn(48, 47)  # weight_hh of the wrong shape: the C++ operator throws
+
+    def bad_module_call():
+        ours(torch.randn(160, 3, 5), h0)  # wrong input size: the module's checks raise
+
+    def bad_operator_call():
+        rnnkern.elman_layer(x, h0[:1], bad_weights)
+
+    def bad_backward_call():
+        x_ = x.clone().requires_grad_()
+        out, _ = ours(x_, h0)
+        out.register_hook(lambda g: g[:, :1])  # a gradient of the wrong shape: autograd raises
+        out.sum().backward()
+
+    cases = [
+        (bad_module_call, "input.size\\(-1\\) must be equal to input_size"),
+        (bad_operator_call, "weight_hh must have shape"),
+        (bad_backward_call, "hook"),
+    ]
+    for bad_call, message in cases:
+        # the bad call on one thread while the other threads run good ones
+        jobs = [(bad_call,)] + [
+            (lambda x=x, h0=h0: forward_backward(ours, x, h0),) for x, h0 in inputs
+        ]
+        with pytest.raises(RuntimeError, match=message):
+            run_in_threads(lambda job: job(), jobs)
+        # every good call still gives the same results, on this thread and on others
+        for (x_i, h0_i), expected in zip(inputs, before):
+            assert_bitwise(forward_backward(ours, x_i, h0_i), expected, "after an error")
+        again = run_in_threads(lambda x, h0: forward_backward(ours, x, h0), inputs)
+        for result, expected in zip(again, before):
+            assert_bitwise(result, expected, "after an error, from threads")
+    assert_matches_nn_rnn(before[0], forward_backward(theirs, *inputs[0]), dtype)
