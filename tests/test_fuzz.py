@@ -3,7 +3,8 @@
 Every module call must either return what nn.RNN returns for the same call or raise a Python
 exception with a message; it must never crash, hang, or return something where nn.RNN refuses.
 Every raw-operator call must return well-shaped tensors or raise. After all of it the module still
-computes nn.RNN's results. A crash here takes pytest down with it, which fails CI; `make asan`
+computes nn.RNN's results. Where a GPU is visible the module calls run on it too (its CUDA kernels
+against cuDNN). A crash here takes pytest down with it, which fails CI; `make asan`
 runs this file under AddressSanitizer, which also catches out-of-bounds accesses that do not crash.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkern
+from rnnkern import _ops
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.int64, torch.bool, torch.complex64]
 CALLS = 400
@@ -77,6 +79,28 @@ def random_call(rng, layers: int, directions: int, hidden: int, input_size: int)
     return what, x, hx
 
 
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
+    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
+)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_gpu)])
+def device(request, monkeypatch):
+    if request.param == "cuda":
+        monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
+    return torch.device(request.param)
+
+
+def on(device, x):
+    """x on the device (a PackedSequence's batch_sizes stay on the CPU, as torch keeps them)."""
+    if x is None:
+        return None
+    if isinstance(x, PackedSequence):
+        return PackedSequence(x.data.to(device), x.batch_sizes)
+    return x.to(device)
+
+
 def outcome(module, x, hx):
     try:
         with torch.no_grad():
@@ -91,16 +115,17 @@ def as_tensors(result):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_module_either_matches_nn_rnn_or_raises_clearly(bidirectional):
+def test_module_either_matches_nn_rnn_or_raises_clearly(device, bidirectional):
     rng = np.random.default_rng(2026 + bidirectional)
     torch.manual_seed(0)
-    theirs = nn.RNN(4, 6, 2, bidirectional=bidirectional)
-    ours = rnnkern.RNN(4, 6, 2, bidirectional=bidirectional)
+    theirs = nn.RNN(4, 6, 2, bidirectional=bidirectional, device=device)
+    ours = rnnkern.RNN(4, 6, 2, bidirectional=bidirectional, device=device)
     ours.load_state_dict(theirs.state_dict())
     directions = 2 if bidirectional else 1
     kinds = {"both ok": 0, "both raised": 0, "we raised": 0}
     for _ in range(CALLS):
         what, x, hx = random_call(rng, 2, directions, 6, 4)
+        x, hx = on(device, x), on(device, hx)
         mine, ours_result = outcome(ours, x, hx)
         their, their_result = outcome(theirs, x, hx)
         if mine == "raised":
@@ -115,8 +140,8 @@ def test_module_either_matches_nn_rnn_or_raises_clearly(bidirectional):
     # The fuzzing reached both sides: valid calls compared, malformed ones refused.
     assert kinds["both ok"] > 20 and kinds["both raised"] > 100, kinds
 
-    x = torch.randn(5, 3, 4)
-    torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=2e-5, rtol=1e-4)
+    x = torch.randn(5, 3, 4, device=device)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=1e-4, rtol=1e-4)
 
 
 def random_weights(rng, directions, hidden, input_size):

@@ -145,4 +145,7 @@ def test_matches_nn_rnn_and_the_numpy_reference(device, c):
         )
         close(out, torch.from_numpy(np.asarray(ref_out)), "output vs reference")
         close(h_n, torch.from_numpy(np.asarray(ref_hn)), "h_n vs reference")
-        close(grads[0], torch.from_numpy(np.asarray(ref_grads[0])), "grad of input vs reference")
+        dx, dh0, *d_weights = (torch.from_numpy(np.asarray(g)) for g in ref_grads)
+        expected = [dx] + ([dh0] if h0 is not None else []) + d_weights
+        for name, g, g_ref in zip(names, grads, expected, strict=True):
+            close(g, g_ref, f"grad of {name} vs reference")

@@ -21,7 +21,7 @@ CASES = [
 
 
 def numpy_weights(module):
-    return [w.detach().double().numpy() for w in module._flat_weights]
+    return [w.detach().cpu().double().numpy() for w in module._flat_weights]
 
 
 def run_torch(module, x, h0, lengths):
