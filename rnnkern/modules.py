@@ -45,6 +45,13 @@ def _warn_fallback(module: str, device: torch.device, dtype: torch.dtype) -> Non
         )
 
 
+def _autocast_enabled(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:  # a device type autocast does not know, such as meta
+        return False
+
+
 def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dtype | None:
     """The dtype a fused kernel runs this call in, or None for torch's own RNN implementation.
 
@@ -54,7 +61,7 @@ def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dty
     """
     tensors = (input, hx, *weights)
     device = input.device
-    if torch.is_autocast_enabled(device.type) and any(t.dtype != torch.float64 for t in tensors):
+    if _autocast_enabled(device) and any(t.dtype != torch.float64 for t in tensors):
         dtype = torch.get_autocast_dtype(device.type)
         return dtype if has_kernel(device, dtype) else None
     dtype = input.dtype
@@ -63,9 +70,7 @@ def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dty
 
 def _warn_if_no_kernel_for(module: str, input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
     # Only when the dtype is the reason: not for autocast, nor for mixed dtypes (which raise).
-    if not torch.is_autocast_enabled(input.device.type) and all(
-        t.dtype == input.dtype for t in (hx, *weights)
-    ):
+    if not _autocast_enabled(input.device) and all(t.dtype == input.dtype for t in (hx, *weights)):
         _warn_fallback(module, input.device, input.dtype)
 
 
@@ -205,7 +210,7 @@ class RNN(nn.RNNBase):
                 f"rnnkern.RNN: hx is on {hx.device} but input is on {data.device}; move hx to "
                 f"{data.device}"
             )
-        if hx.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):
+        if hx.dtype != data.dtype and not _autocast_enabled(data.device):
             raise RuntimeError(
                 f"rnnkern.RNN: hx has dtype {hx.dtype} but input has {data.dtype}; they must match "
                 f"(hx.to({data.dtype}))"
@@ -330,9 +335,7 @@ class RNNCell(nn.RNNCell):
                 f"hidden_size) to match input, got {list(h.shape)}"
             )
         weight_dtype = self.weight_ih.dtype
-        if not torch.is_autocast_enabled(x.device.type) and (
-            x.dtype != weight_dtype or h.dtype != weight_dtype
-        ):
+        if not _autocast_enabled(x.device) and (x.dtype != weight_dtype or h.dtype != weight_dtype):
             raise ValueError(
                 f"rnnkern.RNNCell: input ({x.dtype}) and hx ({h.dtype}) must have the parameters' "
                 f"dtype {weight_dtype}. Convert the input (input.to({weight_dtype})) or the module "
