@@ -288,3 +288,66 @@ def test_cuda_autocast_matches_nn_rnn(cuda_kernels, dtype):
     for g, g_t in zip(grads, grads_t):
         assert g.dtype == g_t.dtype
         torch.testing.assert_close(g, g_t, **GRAD_TOL[dtype])
+
+
+@needs_gpu
+@pytest.mark.parametrize("algorithm_name", ["block", "grid", "per_step"])
+def test_cuda_training_memory_grows_linearly_and_no_faster_than_nn_rnn(
+    cuda_kernels, monkeypatch, algorithm_name
+):
+    # Peak device memory of one training step at three lengths: it grows linearly, and per step by
+    # at most what nn.RNN's grows (cuDNN keeps a reserve per step; rnnkern its output).
+    monkeypatch.setenv("RNNKERN_CUDA_ALGORITHM", algorithm_name)
+    torch.manual_seed(8)
+    theirs = torch.nn.RNN(16, 64, device="cuda")
+    ours = rnnkern.RNN(16, 64, device="cuda")
+    ours.load_state_dict(theirs.state_dict())
+
+    lengths = (512, 1024, 2048)
+
+    def peaks(module):
+        result = []
+        for steps in lengths:
+            x = torch.randn(steps, 4, 16, device="cuda", requires_grad=True)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            out, h_n = module(x)
+            (out.sum() + h_n.sum()).backward()
+            torch.cuda.synchronize()
+            result.append(torch.cuda.max_memory_allocated() - before)
+            del x, out, h_n
+        return result
+
+    def per_step(p, i):
+        return (p[i + 1] - p[i]) / (lengths[i + 1] - lengths[i])
+
+    ours_peaks, theirs_peaks = peaks(ours), peaks(theirs)
+    first, second = per_step(ours_peaks, 0), per_step(ours_peaks, 1)
+    assert abs(second - first) <= 0.25 * max(first, second) + 64, ("not linear", ours_peaks)
+    assert second <= 1.05 * per_step(theirs_peaks, 1) + 64, (ours_peaks, theirs_peaks)
+
+
+@needs_gpu
+def test_cuda_threads_calling_one_module(cuda_kernels):
+    # Several Python threads on one module (each on torch's current stream) get serial results.
+    import threading
+
+    torch.manual_seed(9)
+    rnn = rnnkern.RNN(8, 48, 2, bidirectional=True, device="cuda")
+    inputs = [torch.randn(30, 3, 8, device="cuda") for _ in range(4)]
+    serial = [rnn(x)[0] for x in inputs]
+    results: list = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = rnn(inputs[i])[0]
+        torch.cuda.synchronize()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, expected in zip(results, serial):
+        assert torch.equal(got, expected)
