@@ -46,7 +46,9 @@ def cuda_device_limits(device: torch.device | int | None = None) -> tuple[int, i
     csrc/cuda/choose_plan.cpp reads. Every architecture rnnkern builds for (sm_80 and up) has 1024
     threads per block and cooperative launches."""
     prop = torch.cuda.get_device_properties(device)
-    return (prop.multi_processor_count, prop.shared_memory_per_block_optin, 1024, True)
+    # An older torch may lack the opt-in figure; the plain one is then the safe (smaller) limit.
+    shared = getattr(prop, "shared_memory_per_block_optin", None) or prop.shared_memory_per_block
+    return (prop.multi_processor_count, shared, 1024, True)
 
 
 def cuda_launch_plan(
