@@ -173,18 +173,21 @@ RNNKERN_HD inline bool group_leader(const LaunchPlan& p, int thread) {
   return thread % p.split == 0;
 }
 
+// Where an owned output's element is in a (D, B, H) state tensor (h0, h_n and their gradients).
+RNNKERN_HD inline int64_t state_index(const LaunchPlan& p, const BlockView& v, const Owned& o) {
+  return (v.direction * p.batch + v.b0 + o.batch) * p.hidden + v.r0 + o.row;
+}
+
 // Before the first step: carry = the initial state of the owned outputs (h0 forward, the gradient
 // of h_n backward).
 template <typename T, typename S>
 RNNKERN_HD inline void load_initial_state(const RecurrenceParams<T, S>& p, const BlockView& v,
                                           int thread, S* carry) {
-  const int64_t H = p.plan.hidden;
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {
     const Owned o = owned_output(p.plan, v, thread, m);
     if (!o.valid) break;
-    const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
-    carry[m] = static_cast<S>(p.state_in[(v.direction * p.plan.batch + b) * H + i]);
+    carry[m] = static_cast<S>(p.state_in[state_index(p.plan, v, o)]);
   }
 }
 
@@ -273,13 +276,11 @@ template <typename T, typename S>
 RNNKERN_HD inline void write_final_state(const RecurrenceParams<T, S>& p, const BlockView& v,
                                          int thread, const S* carry) {
   if (!group_leader(p.plan, thread)) return;
-  const int64_t H = p.plan.hidden;
   RNNKERN_UNROLL
   for (int m = 0; m < kMaxOutputsPerThread; ++m) {
     const Owned o = owned_output(p.plan, v, thread, m);
     if (!o.valid) break;
-    const int64_t b = v.b0 + o.batch, i = v.r0 + o.row;
-    p.state_out[(v.direction * p.plan.batch + b) * H + i] = static_cast<T>(carry[m]);
+    p.state_out[state_index(p.plan, v, o)] = static_cast<T>(carry[m]);
   }
 }
 

@@ -126,29 +126,43 @@ void check_inputs(const Tensor& rows2d, const Tensor& state, const std::vector<T
   TORCH_CHECK(rows2d.size(1) == state.size(0) * state.size(2), "rows must be D * H wide");
 }
 
+// What both emulated recurrences start from: the plan (which must be persistent), the step table
+// and an exchange buffer poisoned with NaN, so that a read of state nobody wrote shows up.
+struct Emulation {
+  LaunchPlan plan;
+  Steps steps;
+  Tensor exchange;
+};
+Emulation prepare(const Tensor& rows2d, const Tensor& state, std::vector<Tensor>& w_hh,
+                  const std::optional<Tensor>& batch_sizes, const DeviceTuple& device,
+                  const std::string& algorithm) {
+  check_inputs(rows2d, state, w_hh);
+  const int64_t D = state.size(0), B = state.size(1), H = state.size(2);
+  const int64_t elem = int64_t(rows2d.element_size());
+  const auto [plan, why_not] = make_plan({H, B, D, elem, elem}, device, algorithm);
+  TORCH_CHECK(plan.algorithm != Algorithm::kPerStep, "no persistent plan: ", why_not);
+  for (auto& w : w_hh) w = w.contiguous();
+  return {plan, steps_of(batch_sizes, rows2d.size(0), B),
+          at::full({2 * D * B * H}, NAN, rows2d.options())};
+}
+
 // Runs the forward recurrence of a persistent kernel, emulated: y = act(projected + ...), h_n.
 std::tuple<Tensor, Tensor, std::string> emulate_forward_call(
     const Tensor& projected, const Tensor& hx, std::vector<Tensor> w_hh,
     const std::optional<Tensor>& batch_sizes, bool relu, const DeviceTuple& device,
     const std::string& algorithm) {
-  check_inputs(projected, hx, w_hh);
-  const int64_t D = hx.size(0), B = hx.size(1), H = hx.size(2);
-  const int64_t elem = int64_t(projected.element_size());
-  const auto [plan, why_not] = make_plan({H, B, D, elem, elem}, device, algorithm);
-  TORCH_CHECK(plan.algorithm != Algorithm::kPerStep, "no persistent plan: ", why_not);
-  for (auto& w : w_hh) w = w.contiguous();
-  Tensor y = projected.contiguous().clone(), h0 = hx.contiguous(), h_n = at::empty_like(h0);
-  Tensor exchange = at::full({2 * D * B * H}, NAN, projected.options());
-  const Steps steps = steps_of(batch_sizes, y.size(0), B);
+  const Emulation e = prepare(projected, hx, w_hh, batch_sizes, device, algorithm);
+  // h_n poisoned, so an element the kernel forgets to write shows up.
+  Tensor y = projected.contiguous().clone(), h0 = hx.contiguous(), h_n = at::full_like(h0, NAN);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "emulate_forward", [&] {
-    auto p = params_for<scalar_t>(plan, w_hh, steps, relu);
+    auto p = params_for<scalar_t>(e.plan, w_hh, e.steps, relu);
     p.y = y.data_ptr<scalar_t>();
     p.state_in = h0.data_ptr<scalar_t>();
     p.state_out = h_n.data_ptr<scalar_t>();
-    p.exchange = exchange.data_ptr<scalar_t>();
+    p.exchange = e.exchange.data_ptr<scalar_t>();
     emulate_forward(p);
   });
-  return {y, h_n, algorithm_name(plan.algorithm)};
+  return {y, h_n, algorithm_name(e.plan.algorithm)};
 }
 
 // Runs the backward recurrence, emulated: dL/dz for every row, and the gradient of h0.
@@ -156,28 +170,21 @@ std::tuple<Tensor, Tensor, std::string> emulate_backward_call(
     const Tensor& y, const Tensor& dy, const Tensor& grad_h_n, std::vector<Tensor> w_hh,
     const std::optional<Tensor>& batch_sizes, bool relu, const DeviceTuple& device,
     const std::string& algorithm) {
-  check_inputs(y, grad_h_n, w_hh);
-  const int64_t D = grad_h_n.size(0), B = grad_h_n.size(1), H = grad_h_n.size(2);
-  const int64_t elem = int64_t(y.element_size());
-  const auto [plan, why_not] = make_plan({H, B, D, elem, elem}, device, algorithm);
-  TORCH_CHECK(plan.algorithm != Algorithm::kPerStep, "no persistent plan: ", why_not);
-  for (auto& w : w_hh) w = w.contiguous();
+  const Emulation e = prepare(y, grad_h_n, w_hh, batch_sizes, device, algorithm);
   const Tensor yc = y.contiguous(), dyc = dy.contiguous(), g = grad_h_n.contiguous();
   // Poisoned, so a row the kernel forgets to write shows up.
   Tensor dz = at::full_like(yc, NAN), dhx = at::full_like(g, NAN);
-  Tensor exchange = at::full({2 * D * B * H}, NAN, y.options());
-  const Steps steps = steps_of(batch_sizes, yc.size(0), B);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "emulate_backward", [&] {
-    auto p = params_for<scalar_t>(plan, w_hh, steps, relu);
+    auto p = params_for<scalar_t>(e.plan, w_hh, e.steps, relu);
     p.y = const_cast<scalar_t*>(yc.data_ptr<scalar_t>());
     p.dy = dyc.data_ptr<scalar_t>();
     p.dz = dz.data_ptr<scalar_t>();
     p.state_in = g.data_ptr<scalar_t>();
     p.state_out = dhx.data_ptr<scalar_t>();
-    p.exchange = exchange.data_ptr<scalar_t>();
+    p.exchange = e.exchange.data_ptr<scalar_t>();
     emulate_backward(p);
   });
-  return {dz, dhx, algorithm_name(plan.algorithm)};
+  return {dz, dhx, algorithm_name(e.plan.algorithm)};
 }
 
 }  // namespace
