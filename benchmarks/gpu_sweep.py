@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+from rnnkern import _ops
 
 from . import run
 from .report import plot_throughput
@@ -207,8 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks.gpu_sweep: no CUDA device is available to torch here")
-    if os.environ.get("RNNKERN_CUDA_KERNELS") != "1":
-        sys.exit("benchmarks.gpu_sweep: set RNNKERN_CUDA_KERNELS=1 to time rnnkern's CUDA kernels")
+    if not _ops.CUDA_KERNELS_ENABLED:
+        sys.exit(
+            "benchmarks.gpu_sweep: rnnkern's CUDA kernels are not in use: this build must have them "
+            "(rnnkern._C.has_cuda_kernels()) and RNNKERN_CUDA_KERNELS=1 must be set"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sweeps = []
@@ -226,11 +230,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 report = run.main(argv_run)
             sweeps.append(dict(name=name, dtype=dtype, target=target, argv=argv_run, report=report))
+            # Written after every sweep, so a run cut short still leaves its results and summary.
             (out / "results.json").write_text(json.dumps(sweeps, indent=1))
+            (out / "SUMMARY.md").write_text(summarise(sweeps))
+    print(summarise(sweeps))
     plot_throughput(sweeps[0]["report"], out / "throughput.png")
-    summary = summarise(sweeps)
-    (out / "SUMMARY.md").write_text(summary)
-    print(summary)
 
 
 if __name__ == "__main__":

@@ -55,14 +55,17 @@ def _autocast_enabled(device: torch.device) -> bool:
 def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dtype | None:
     """The dtype a fused kernel runs this call in, or None for torch's own RNN implementation.
 
-    Under autocast, nn.RNN computes in autocast's lower-precision dtype (its float32 tensors are
-    cast; float64 ones are not): a kernel for that dtype does the same, and where there is none,
+    Under autocast, nn.RNN computes in autocast's lower-precision dtype (float16 on its cuDNN path;
+    its float32 tensors are cast, float64 ones are not): a kernel for that dtype does the same, and where there is none,
     torch's RNN applies autocast's rules itself, so the result is nn.RNN's either way.
     """
     tensors = (input, hx, *weights)
     device = input.device
     if _autocast_enabled(device) and any(t.dtype != torch.float64 for t in tensors):
         dtype = torch.get_autocast_dtype(device.type)
+        if device.type == "cuda" and torch.backends.cudnn.enabled:
+            # nn.RNN's cuDNN path casts to float16 whatever autocast's dtype (ATen's AutocastRNN).
+            dtype = torch.float16
         return dtype if has_kernel(device, dtype) else None
     dtype = input.dtype
     return dtype if has_kernel(device, dtype) and all(t.dtype == dtype for t in tensors) else None

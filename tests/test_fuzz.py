@@ -89,6 +89,7 @@ needs_gpu = pytest.mark.skipif(
 def device(request, monkeypatch):
     if request.param == "cuda":
         monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full-precision cuDNN
     return torch.device(request.param)
 
 

@@ -25,6 +25,11 @@ if ! "$PY" setup.py -q build_ext --inplace >"$OUT_DIR/build.log" 2>&1; then
   exit 1
 fi
 
+if ! "$PY" -c 'import sys, rnnkern; sys.exit(not rnnkern._C.has_cuda_kernels())'; then
+  echo "gpu-check: the build has no CUDA kernels (torch without CUDA, or nvcc not found?)"
+  exit 1
+fi
+
 export RNNKERN_CUDA_KERNELS=1 PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
