@@ -17,6 +17,25 @@ GRAD_TOL = {
 }
 
 
+# Tests that need a GPU and rnnkern's CUDA kernels skip, saying so, elsewhere.
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
+    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
+)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_gpu)])
+def device(request, monkeypatch) -> torch.device:
+    """Each device rnnkern runs on: the CPU, and the GPU where there is one (its CUDA kernels on,
+    float32 and float64, compared with full-precision cuDNN rather than its default TF32)."""
+    if request.param == "cuda":
+        from rnnkern import _ops
+
+        monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    return torch.device(request.param)
+
+
 # nn.RNN's constructor arguments other than device and dtype.
 RNN_ARGS = (
     "input_size",

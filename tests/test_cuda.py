@@ -13,15 +13,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import needs_gpu
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
 from rnnkern import _ops, reference
 
-needs_gpu = pytest.mark.skipif(
-    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
-    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
-)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Against a float64 reference: float32 arithmetic; half and bfloat16 with float32 accumulation and
 # state, rounded to 11 and 8 bits where they are stored.

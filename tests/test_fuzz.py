@@ -17,7 +17,6 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkern
-from rnnkern import _ops
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.int64, torch.bool, torch.complex64]
 CALLS = 400
@@ -77,20 +76,6 @@ def random_call(rng, layers: int, directions: int, hidden: int, input_size: int)
         hx = mutate(rng, random_tensor(rng, h_shape, h_dtype))
         what += f", hx {tuple(h_shape)} {h_dtype}"
     return what, x, hx
-
-
-needs_gpu = pytest.mark.skipif(
-    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
-    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
-)
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_gpu)])
-def device(request, monkeypatch):
-    if request.param == "cuda":
-        monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
-        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full-precision cuDNN
-    return torch.device(request.param)
 
 
 def on(device, x):

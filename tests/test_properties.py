@@ -11,7 +11,6 @@ visible the same examples run rnnkern's CUDA kernels too (against nn.RNN on the 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from conftest import RNN_ARGS
 from hypothesis import HealthCheck, given, settings
@@ -21,12 +20,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
-from rnnkern import _ops
-
-needs_gpu = pytest.mark.skipif(
-    not torch.cuda.is_available() or not rnnkern._C.has_cuda_kernels(),
-    reason="no CUDA GPU visible to torch, or this build has no CUDA kernels",
-)
 
 PROPERTY_SETTINGS = settings(
     max_examples=300,
@@ -86,14 +79,6 @@ def run(module, x, h0, lengths, batch_first, cotangents):
     inputs = [x] + ([] if h0 is None else [h0]) + list(module.parameters())
     grads = torch.autograd.grad((out * d_out).sum() + (h_n * d_hn).sum(), inputs)
     return out.cpu(), h_n.cpu(), [g.cpu() for g in grads]
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=needs_gpu)])
-def device(request, monkeypatch):
-    """The device rnnkern runs on; nn.RNN and the reference run on the CPU."""
-    if request.param == "cuda":
-        monkeypatch.setitem(_ops.KERNEL_DTYPES, "cuda", (torch.float32, torch.float64))
-    return request.param
 
 
 @PROPERTY_SETTINGS
