@@ -5,6 +5,10 @@
 // Python layer cost as much as the kernels (see PERFORMANCE.md). torch.compile traces through it:
 // AOTAutograd runs this kernel on fake tensors and records elman_layer_backward (which has a fake
 // implementation in rnnkern/_ops.py) for the backward graph.
+//
+// Double backward (create_graph=True) goes through torch's own RNN instead of the fused operator:
+// see differentiable_gradients.
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -31,17 +35,70 @@ std::tuple<Tensor, Tensor> call_forward(const Tensor& input, const Tensor& hx,
   return op.call(input, hx, weights, batch_sizes, relu);
 }
 
-std::tuple<Tensor, Tensor, std::vector<Tensor>> call_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
-    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes,
-    bool relu, std::array<bool, 3> output_mask) {
+using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+BackwardResult call_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                             const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
+                             const Tensor& output, const std::optional<Tensor>& batch_sizes,
+                             bool relu, std::array<bool, 4> output_mask) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("rnnkern::elman_layer_backward", "")
-          .typed<std::tuple<Tensor, Tensor, std::vector<Tensor>>(
-              const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList,
-              const Tensor&, const std::optional<Tensor>&, bool, std::array<bool, 3>)>();
-  return op.call(grad_output, grad_h_n, input, hx, weights, output, batch_sizes, relu, output_mask);
+          .typed<BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const Tensor&,
+                                const std::optional<Tensor>&, bool, std::array<bool, 4>)>();
+  return op.call(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output, batch_sizes, relu,
+                 output_mask);
+}
+
+// The weights of one role (0: weight_ih, 1: weight_hh) of every direction, stacked (D, H, .): the
+// backward operator's form of them (see ops.cpp). One direction is a view; two are a copy.
+Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_t role) {
+  const int64_t per_direction = static_cast<int64_t>(weights.size()) / directions;
+  if (directions == 1) return weights[role].unsqueeze(0);
+  return at::stack({weights[role], weights[per_direction + role]});
+}
+
+// With create_graph=True the gradient must itself be differentiable, and elman_layer_backward has
+// no derivative of its own. This recomputes the layer with torch's own RNN (the one nn.RNN runs)
+// from the saved inputs and lets autograd differentiate that instead: the gradients, and every
+// derivative of them, are then nn.RNN's (on a device where torch's RNN has double backward). The
+// fused kernels keep the first-order path, which is all training needs.
+variable_list differentiable_gradients(AutogradContext* ctx, const variable_list& grads,
+                                       const variable_list& saved,
+                                       const std::optional<Tensor>& batch_sizes, bool relu) {
+  const Tensor& input = saved[0];
+  const Tensor& hx = saved[1];
+  const std::vector<Tensor> weights(saved.begin() + 3, saved.end());
+  const int64_t D = hx.size(0);
+  const bool has_bias = static_cast<int64_t>(weights.size()) == 4 * D;
+  const bool bidirectional = D == 2;
+  const auto [output, h_n] =
+      batch_sizes
+          ? (relu ? at::rnn_relu(input, *batch_sizes, hx, weights, has_bias, 1, 0.0, false,
+                                 bidirectional)
+                  : at::rnn_tanh(input, *batch_sizes, hx, weights, has_bias, 1, 0.0, false,
+                                 bidirectional))
+          : (relu
+                 ? at::rnn_relu(input, hx, weights, has_bias, 1, 0.0, false, bidirectional, false)
+                 : at::rnn_tanh(input, hx, weights, has_bias, 1, 0.0, false, bidirectional, false));
+  // The forward arguments with an edge: input, hx, then each weight.
+  variable_list arguments{input, hx};
+  arguments.insert(arguments.end(), weights.begin(), weights.end());
+  variable_list wanted;
+  std::vector<size_t> position;
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    if (!ctx->needs_input_grad(i)) continue;
+    wanted.push_back(arguments[i]);
+    position.push_back(i);
+  }
+  variable_list result(arguments.size() + 2);  // + batch_sizes, relu: no gradient
+  if (wanted.empty()) return result;
+  const variable_list g =
+      torch::autograd::grad({output, h_n}, wanted, {grads[0], grads[1]}, /*retain_graph=*/true,
+                            /*create_graph=*/true, /*allow_unused=*/true);
+  for (size_t k = 0; k < g.size(); ++k) result[position[k]] = g[k];
+  return result;
 }
 
 class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
@@ -60,33 +117,47 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // elman_layer_backward has no derivative of its own: with create_graph=True torch would
-    // silently treat it as constant and return zero second derivatives. Refuse instead.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "rnnkern.RNN does not support double backward (create_graph=True: gradients of "
-                "its gradients); torch.nn.RNN on the CPU does, if you need second derivatives");
     const variable_list saved = ctx->get_saved_variables();
+    const std::optional<Tensor> batch_sizes = ctx->saved_data["batch_sizes"].toOptional<Tensor>();
+    const bool relu = ctx->saved_data["relu"].toBool();
+    if (at::GradMode::is_enabled())  // create_graph=True: gradients of gradients to come
+      return differentiable_gradients(ctx, grads, saved, batch_sizes, relu);
+
     const Tensor& input = saved[0];
     const Tensor& hx = saved[1];
     const Tensor& output = saved[2];
     const std::vector<Tensor> weights(saved.begin() + 3, saved.end());
-    const auto n = static_cast<size_t>(weights.size());
-    // Edges: input, hx, then each weight (batch_sizes, if any, comes last).
-    const bool need_input = ctx->needs_input_grad(0);
-    const bool need_hx = ctx->needs_input_grad(1);
-    bool need_weights = false;
-    for (size_t i = 0; i < n; ++i) need_weights = need_weights || ctx->needs_input_grad(2 + i);
+    const int64_t D = hx.size(0);
+    const int64_t per_direction = static_cast<int64_t>(weights.size()) / D;  // 2, or 4 with bias
+    // Edges: input, hx, then each weight (batch_sizes and relu come last). Roles per direction:
+    // 0 weight_ih, 1 weight_hh, 2 bias_ih, 3 bias_hh.
+    auto needs_weight = [&](size_t i) { return ctx->needs_input_grad(2 + i); };
+    bool need_matrices = false, need_bias = false;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      if (!needs_weight(i)) continue;
+      (static_cast<int64_t>(i) % per_direction < 2 ? need_matrices : need_bias) = true;
+    }
+    const auto [grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias] = call_backward(
+        grads[0], grads[1], input, hx, stack_role(weights, D, 0), stack_role(weights, D, 1), output,
+        batch_sizes, relu,
+        {ctx->needs_input_grad(0), ctx->needs_input_grad(1), need_matrices, need_bias});
 
-    const std::optional<Tensor> batch_sizes = ctx->saved_data["batch_sizes"].toOptional<Tensor>();
-    auto [grad_input, grad_hx, grad_weights] =
-        call_backward(grads[0], grads[1], input, hx, weights, output, batch_sizes,
-                      ctx->saved_data["relu"].toBool(), {need_input, need_hx, need_weights});
-
-    // One gradient per forward argument, the list expanded: input, hx, weights..., batch_sizes,
-    // relu.
-    variable_list result{need_input ? grad_input : Tensor(), need_hx ? grad_hx : Tensor()};
-    for (size_t i = 0; i < n; ++i)
-      result.push_back(need_weights && ctx->needs_input_grad(2 + i) ? grad_weights[i] : Tensor());
+    variable_list result{ctx->needs_input_grad(0) ? grad_input : Tensor(),
+                         ctx->needs_input_grad(1) ? grad_hx : Tensor()};
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const int64_t d = static_cast<int64_t>(i) / per_direction;
+      const int64_t role = static_cast<int64_t>(i) % per_direction;
+      if (!needs_weight(i)) {
+        result.emplace_back();
+      } else if (role < 2) {
+        result.push_back((role == 0 ? grad_w_ih : grad_w_hh).select(0, d));
+      } else {
+        // bias_ih and bias_hh have the same gradient; each gets its own tensor, since autograd may
+        // keep the one it is given as the parameter's .grad and add into it later.
+        const Tensor db = grad_bias.select(0, d);
+        result.push_back(role == 2 ? db : db.clone());
+      }
+    }
     result.emplace_back();  // batch_sizes
     result.emplace_back();  // relu
     return result;

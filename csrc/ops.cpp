@@ -1,8 +1,15 @@
-// The rnnkern operators: declared once here, implemented per device (cpu/register_cpu.cpp; CUDA
-// later), with autograd and fake-tensor (meta) support added in Python (rnnkern/_ops.py).
+// The rnnkern operators: declared once here, implemented per device (cpu/register_cpu.cpp,
+// cuda/elman_cuda.cu), with autograd in autograd.cpp and fake tensors in rnnkern/_ops.py.
 //
 // Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is
 // (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See elman_layer_args.h.
+//
+// The backward takes each weight role stacked over the directions (weight_ih (D, H, I), weight_hh
+// (D, H, H); it needs no bias) and returns fixed tensors, no Tensor[]: an operator without tensor
+// lists is one that vmap's generic fallback can batch, which is what batched gradients
+// (gradcheck's check_batched_grad, autograd.grad's is_grads_batched) run the backward under.
+// grad_bias (D, H) is the gradient of bias_ih and of bias_hh alike. output_mask says which of
+// (grad_input, grad_hx, the weight gradients, grad_bias) to compute; the others come back empty.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -15,8 +22,9 @@ TORCH_LIBRARY(rnnkern, m) {
       " -> (Tensor output, Tensor h_n)");
   m.def(
       "elman_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx,"
-      " Tensor[] weights, Tensor output, Tensor? batch_sizes, bool relu, bool[3] output_mask)"
-      " -> (Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+      " Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor? batch_sizes, bool relu,"
+      " bool[4] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih,"
+      " Tensor grad_weight_hh, Tensor grad_bias)");
 }
 
 // The Python module only has to exist (importing it runs the registrations above); it also tells

@@ -21,7 +21,6 @@ from torch import Tensor
 from . import _C  # noqa: F401  (importing the extension registers the operators)
 
 elman_layer_op = torch.ops.rnnkern.elman_layer.default
-elman_layer_backward_op = torch.ops.rnnkern.elman_layer_backward.default
 
 # Devices and dtypes with a compiled kernel in use. Anything else is run by torch's own RNN.
 KERNEL_DTYPES = {
@@ -92,17 +91,28 @@ def _elman_layer_backward_fake(
     grad_h_n: Tensor,
     input: Tensor,
     hx: Tensor,
-    weights: Sequence[Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
     output: Tensor,
     batch_sizes: Tensor | None,
     relu: bool,
     output_mask: Sequence[bool],
-) -> tuple[Tensor, Tensor, list[Tensor]]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     _check_same_device(
-        "rnnkern::elman_layer_backward", input, [grad_output, grad_h_n, hx, output, *weights]
+        "rnnkern::elman_layer_backward",
+        input,
+        [grad_output, grad_h_n, hx, weight_ih, weight_hh, output],
     )
-    need_input, need_hx, need_weights = output_mask
-    grad_input = input.new_empty(input.shape if need_input else (0,))
-    grad_hx = hx.new_empty(hx.shape if need_hx else (0,))
-    grad_weights = [w.new_empty(w.shape) for w in weights] if need_weights else []
-    return grad_input, grad_hx, grad_weights
+    need_input, need_hx, need_weights, need_bias = output_mask
+
+    def empty_unless(needed: bool, like: Tensor, shape) -> Tensor:
+        return like.new_empty(shape if needed else (0,))
+
+    directions, _, hidden = hx.shape
+    return (
+        empty_unless(need_input, input, input.shape),
+        empty_unless(need_hx, hx, hx.shape),
+        empty_unless(need_weights, weight_ih, weight_ih.shape),
+        empty_unless(need_weights, weight_hh, weight_hh.shape),
+        empty_unless(need_bias, hx, (directions, hidden)),
+    )

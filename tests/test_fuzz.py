@@ -170,11 +170,16 @@ def test_raw_operators_return_or_raise():
             continue
         returned += 1
         assert out.shape == (*x.shape[:-1], directions * hidden) and h_n.shape == hx.shape
-        mask = [bool(v) for v in rng.integers(0, 2, size=3)]
+        mask = [bool(v) for v in rng.integers(0, 2, size=4)]
         grad_out = random_tensor(rng, tuple(out.shape)) if rng.random() < 0.9 else out[..., :0]
+        per_direction = len(weights) // directions
+        w_ih = torch.stack(weights[0::per_direction])  # the backward takes each role stacked
+        w_hh = torch.stack(weights[1::per_direction])
+        if rng.random() < 0.1:
+            w_hh = w_hh[0]  # one matrix, not stacked
         try:
-            gx, ghx, gw = backward(
-                grad_out, torch.randn_like(h_n), x, hx, weights, out, batch_sizes, relu, mask
+            gx, ghx, gw_ih, gw_hh, gb = backward(
+                grad_out, torch.randn_like(h_n), x, hx, w_ih, w_hh, out, batch_sizes, relu, mask
             )
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
             assert str(e).strip()
@@ -182,5 +187,7 @@ def test_raw_operators_return_or_raise():
         if mask[0]:
             assert gx.shape == x.shape
         if mask[2]:
-            assert [g.shape for g in gw] == [w.shape for w in weights]
+            assert gw_ih.shape == w_ih.shape and gw_hh.shape == w_hh.shape
+        if mask[3]:
+            assert gb.shape == (directions, hidden)
     assert returned > 20 and raised > 100, (returned, raised)

@@ -39,48 +39,73 @@ def test_opcheck_forward(D, bias, packed):
     torch.library.opcheck(elman_layer, layer_args(D=D, bias=bias, packed=packed))
 
 
-@pytest.mark.parametrize("D", [1, 2])
-@pytest.mark.parametrize("mask", [[True, True, True], [False, True, False], [True, False, True]])
-def test_opcheck_backward(D, mask):
-    x, hx, weights, batch_sizes, relu = layer_args(D=D)
-    with torch.no_grad():
-        out, h_n = elman_layer(x, hx, weights, batch_sizes, relu)
-    args = (
+def backward_args(x, hx, weights, batch_sizes, relu, out, mask):
+    """elman_layer_backward's arguments for a forward call: each weight role stacked over directions."""
+    D = hx.shape[0]
+    per_direction = len(weights) // D
+    return (
         torch.randn_like(out),
-        torch.randn_like(h_n),
+        torch.randn_like(hx),
         x.detach(),
         hx.detach(),
-        [w.detach() for w in weights],
-        out,
+        torch.stack([w.detach() for w in weights[0::per_direction]]),
+        torch.stack([w.detach() for w in weights[1::per_direction]]),
+        out.detach(),
         batch_sizes,
         relu,
         mask,
     )
+
+
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize(
+    "mask",
+    [[True, True, True, True], [False, True, False, False], [True, False, True, False]]
+    + [[False, False, False, True]],
+)
+def test_opcheck_backward(D, packed, mask):
+    x, hx, weights, batch_sizes, relu = layer_args(D=D, packed=packed)
+    with torch.no_grad():
+        out, _ = elman_layer(x, hx, weights, batch_sizes, relu)
+    args = backward_args(x, hx, weights, batch_sizes, relu, out, mask)
     torch.library.opcheck(elman_layer_backward, args)
-    grad_input, grad_hx, grad_weights = elman_layer_backward(*args)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = elman_layer_backward(*args)
     assert grad_input.numel() == (x.numel() if mask[0] else 0)
     assert grad_hx.numel() == (hx.numel() if mask[1] else 0)
-    assert len(grad_weights) == (len(weights) if mask[2] else 0)
+    assert grad_w_ih.shape == (args[4].shape if mask[2] else (0,))
+    assert grad_w_hh.shape == (args[5].shape if mask[2] else (0,))
+    assert grad_bias.shape == ((D, hx.shape[2]) if mask[3] else (0,))
 
 
-def test_backward_op_matches_autograd():
-    x, hx, weights, _, _ = layer_args(D=2)
-    out, h_n = elman_layer(x, hx, weights, None, True)
-    g_out, g_hn = torch.randn_like(out), torch.randn_like(h_n)
+@pytest.mark.parametrize("packed", [False, True])
+def test_backward_op_matches_autograd(packed):
+    x, hx, weights, batch_sizes, _ = layer_args(D=2, packed=packed)
+    out, h_n = elman_layer(x, hx, weights, batch_sizes, True)
+    args = backward_args(x, hx, weights, batch_sizes, True, out, [True] * 4)
+    g_out, g_hn = args[0], args[1]
     expected = torch.autograd.grad((out * g_out).sum() + (h_n * g_hn).sum(), [x, hx, *weights])
-    gi, gh, gw = elman_layer_backward(
-        g_out,
-        g_hn,
-        x.detach(),
-        hx.detach(),
-        [w.detach() for w in weights],
-        out.detach(),
-        None,
-        True,
-        [True, True, True],
-    )
-    for a, b in zip([gi, gh, *gw], expected):
+    gi, gh, gw_ih, gw_hh, gb = elman_layer_backward(*args)
+    # weights are (w_ih, w_hh, b_ih, b_hh) per direction; b_ih and b_hh share one gradient
+    ours = [gi, gh]
+    for d in range(2):
+        ours += [gw_ih[d], gw_hh[d], gb[d], gb[d]]
+    for a, b in zip(ours, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_backward_op_batches_under_vmap():
+    # No tensor lists in its schema: vmap's generic fallback batches it, gradient by gradient.
+    x, hx, weights, _, _ = layer_args(D=2)
+    with torch.no_grad():
+        out, _ = elman_layer(x, hx, weights, None, False)
+    args = backward_args(x, hx, weights, None, False, out, [True] * 4)
+    grad_outputs = torch.randn(3, *out.shape)
+    batched = torch.vmap(lambda g: elman_layer_backward(g, *args[1:]))(grad_outputs)
+    for v in range(3):
+        one = elman_layer_backward(grad_outputs[v], *args[1:])
+        for a, b in zip(batched, one):
+            torch.testing.assert_close(a[v], b)
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,11 @@ std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, cons
                                                    const std::optional<at::Tensor>& batch_sizes,
                                                    bool relu);
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> elman_layer_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_layer_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-    const at::Tensor& hx, at::TensorList weights, const at::Tensor& output,
-    const std::optional<at::Tensor>& batch_sizes, bool relu, std::array<bool, 3> output_mask);
+    const at::Tensor& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const at::Tensor& output, const std::optional<at::Tensor>& batch_sizes, bool relu,
+    std::array<bool, 4> output_mask);
 
 void check_cpu(const char* op, const at::Tensor& input);
 

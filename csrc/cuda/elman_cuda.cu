@@ -224,19 +224,21 @@ std::tuple<Tensor, Tensor> elman_layer_barriers_only_cuda(const Tensor& input, c
                        true);
 }
 
-std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> elman_layer_backward_cuda(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
-    at::TensorList weights, const Tensor& output, const std::optional<Tensor>& batch_sizes,
-    bool relu, std::array<bool, 3> output_mask) {
+    const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output,
+    const std::optional<Tensor>& batch_sizes, bool relu, std::array<bool, 4> output_mask) {
   constexpr const char* op = "rnnkern::elman_layer_backward";
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
+  const BackwardLayer args = check_backward_args(op, grad_output, grad_h_n, input, hx, weight_ih,
+                                                 weight_hh, output, batch_sizes);
+  const LayerShape& s = args.shape;
+  const std::vector<Tensor>& weights = args.weights;
   check_cuda(op, input);
-  check_backward_args(op, s, grad_output, grad_h_n, input, hx, output);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const SequenceLayout& L = s.layout;
   const int64_t H = s.hidden, D = s.directions, N = L.total_rows, ld = D * H;
-  const auto [need_input, need_hx, need_weights] = output_mask;
+  const auto [need_input, need_hx, need_weights, need_bias] = output_mask;
 
   const Tensor x = input.reshape({N, s.input_size});
   const Tensor y = output.reshape({N, ld}).contiguous();
@@ -244,7 +246,11 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
   const Tensor h0 = hx.contiguous();
   Tensor dz = at::empty({N, ld}, input.options());
   Tensor dhx = grad_h_n.contiguous().clone();
-  std::vector<Tensor> grad_weights;
+  // What autograd did not ask for comes back empty (a new tensor each: outputs must not alias).
+  auto none = [&] { return at::empty({0}, input.options()); };
+  Tensor grad_w_ih = need_weights ? at::empty({D, H, s.input_size}, input.options()) : none();
+  Tensor grad_w_hh = need_weights ? at::empty({D, H, H}, input.options()) : none();
+  Tensor grad_bias = need_bias ? at::empty({D, H}, input.options()) : none();
   const auto stream = at::cuda::getCurrentCUDAStream();
 
   const persistent::LaunchPlan plan = choose_plan(H, L.batch, D, input.scalar_type());
@@ -269,7 +275,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
         }
         for (int64_t d = 0; d < D && !done; ++d) {
           Tensor dstate = dhx.select(0, d);
-          const Tensor& w_hh = weight_hh(weights, s, d);
+          const Tensor w_hh = weight_hh.select(0, d);
           // The reverse of processing order: forward visits T-1..0, reverse 0..T-1.
           for (int64_t i = 0; i < L.steps; ++i) {
             const int64_t t = d == 1 ? i : L.steps - 1 - i;
@@ -283,32 +289,32 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> elman_layer_backward_cuda(
             at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, d * H, H), w_hh);
           }
         }
-        if (!need_weights) return;
         // The weight gradients, as a few GEMMs over all steps: no atomics, so they are the same
         // from run to run.
         for (int64_t d = 0; d < D; ++d) {
           const Tensor dz_d = dz.narrow(1, d * H, H);
+          if (need_bias) {
+            Tensor grad_bias_d = grad_bias.select(0, d);
+            at::sum_out(grad_bias_d, dz_d, 0);
+          }
+          if (!need_weights) continue;
           const Tensor sources = previous_state_sources(L, d == 1, input.device());
           Tensor prev = at::empty({N, H}, input.options());
           gather_previous_kernel<scalar_t><<<blocks_for(N * H), kThreads, 0, stream>>>(
               sources.data_ptr<int64_t>(), y.data_ptr<scalar_t>() + d * H, ld,
               h0.select(0, d).data_ptr<scalar_t>(), prev.data_ptr<scalar_t>(), N, H);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          grad_weights.push_back(at::mm(dz_d.t(), x));
-          grad_weights.push_back(at::mm(dz_d.t(), prev));
-          if (s.has_bias) {
-            Tensor db = dz_d.sum(0);
-            grad_weights.push_back(db.clone());
-            grad_weights.push_back(db);
-          }
+          Tensor grad_w_ih_d = grad_w_ih.select(0, d);
+          Tensor grad_w_hh_d = grad_w_hh.select(0, d);
+          at::mm_out(grad_w_ih_d, dz_d.t(), x);
+          at::mm_out(grad_w_hh_d, dz_d.t(), prev);
         }
       });
 
-  Tensor grad_input = need_input
-                          ? at::mm(dz, stack_directions(s, weights, weight_ih)).view(input.sizes())
-                          : at::empty({0}, input.options());
-  if (!need_hx) dhx = at::empty({0}, input.options());
-  return {grad_input, dhx, grad_weights};
+  const Tensor grad_input =
+      need_input ? at::mm(dz, weight_ih.reshape({ld, s.input_size})).view(input.sizes()) : none();
+  if (!need_hx) dhx = none();
+  return {grad_input, dhx, grad_w_ih, grad_w_hh, grad_bias};
 }
 
 }  // namespace
