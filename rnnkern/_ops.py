@@ -39,6 +39,21 @@ def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
     return dtype in KERNEL_DTYPES.get(device.type, ())
 
 
+def scripted_has_kernel(tensors: list[Tensor]) -> bool:
+    """has_kernel for a TorchScript module, where all of ``tensors`` must share one dtype. Scripted
+    code cannot read KERNEL_DTYPES: it runs the CPU kernels (KERNEL_DTYPES["cpu"]), and torch's own
+    RNN on other devices, whatever RNNKERN_CUDA_KERNELS says."""
+    first = tensors[0]
+    if first.device.type != "cpu" or (
+        first.dtype != torch.float32 and first.dtype != torch.float64
+    ):
+        return False
+    for t in tensors:
+        if t.dtype != first.dtype or t.device != first.device:
+            return False
+    return True
+
+
 def cuda_device_limits(device: torch.device | int | None = None) -> tuple[int, int, int, bool]:
     """A CUDA device as the persistent kernels' launch plan sees it: (multiprocessors, shared memory
     per block (opt-in), threads per block, cooperative launch), the properties

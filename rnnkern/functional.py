@@ -4,24 +4,29 @@
 one ``rnnkern::elman_layer`` operator per layer (both directions in one call) and applies
 inter-layer dropout exactly where nn.RNN does, on the same tensor shapes, so that with the same
 random seed the dropout masks are the same as nn.RNN's.
+
+``elman_rnn`` is TorchScript code (a scripted rnnkern.RNN calls it). In eager mode each layer goes
+through ``elman_layer``, which also serves torch.func transforms and forward-mode AD (torch's own
+RNN) and the ONNX exporter (the ONNX RNN operator): see _routing.py.
 """
 
-from __future__ import annotations
-
-from collections.abc import Sequence
+from typing import Optional  # TorchScript reads Optional, not "X | None"
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _routing, onnx_export
 from ._ops import elman_layer_op
+
+_NONLINEARITIES = ("tanh", "relu")
 
 
 def elman_layer(
     input: Tensor,
     hx: Tensor,
-    weights: Sequence[Tensor],
-    batch_sizes: Tensor | None = None,
+    weights: list[Tensor],
+    batch_sizes: Optional[Tensor] = None,
     nonlinearity: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
     """One Elman layer, one or two directions, in one fused call.
@@ -37,19 +42,24 @@ def elman_layer(
         ``(output, h_n)``: output ``(L, N, D * H_out)`` (or ``(rows, D * H_out)`` packed), and
         h_n ``(D, N, H_out)``.
     """
-    return elman_layer_op(input, hx, list(weights), batch_sizes, nonlinearity == "relu")
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(
+            f"rnnkern.elman_layer: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+            "'relu'."
+        )
+    return run_layer(input, hx, list(weights), batch_sizes, nonlinearity == "relu")
 
 
 def elman_rnn(
     input: Tensor,
     hx: Tensor,
-    flat_weights: Sequence[Tensor],
+    flat_weights: list[Tensor],
     num_layers: int,
     bidirectional: bool,
     nonlinearity: str,
     dropout: float,
     training: bool,
-    batch_sizes: Tensor | None,
+    batch_sizes: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
     """A stack of Elman layers on sequence-first (or packed) input, nn.RNN's ``_VF.rnn_tanh`` contract.
 
@@ -57,14 +67,61 @@ def elman_rnn(
     """
     directions = 2 if bidirectional else 1
     per_layer = len(flat_weights) // num_layers
+    relu = nonlinearity == "relu"
     layer_input = input
-    finals = []
+    finals: list[Tensor] = []
     for layer in range(num_layers):
         weights = flat_weights[layer * per_layer : (layer + 1) * per_layer]
         layer_hx = hx[layer * directions : (layer + 1) * directions]
-        output, h_n = elman_layer(layer_input, layer_hx, weights, batch_sizes, nonlinearity)
+        output, h_n = run_layer(layer_input, layer_hx, weights, batch_sizes, relu)
         finals.append(h_n)
         if dropout > 0 and training and layer < num_layers - 1:
             output = F.dropout(output, dropout, training=True)
         layer_input = output
     return layer_input, finals[0] if num_layers == 1 else torch.cat(finals, 0)
+
+
+def run_layer(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Optional[Tensor],
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    """elman_layer's work once its arguments are checked: the fused operator in TorchScript, and in
+    eager mode whatever _routing.py says this call needs."""
+    if torch.jit.is_scripting():
+        return torch.ops.rnnkern.elman_layer(input, hx, weights, batch_sizes, relu)
+    return _eager_layer(input, hx, weights, batch_sizes, relu)
+
+
+@torch.jit.unused
+def _eager_layer(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Optional[Tensor],
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    if _routing.exporting_to_onnx():
+        return onnx_export.rnn_layer(input, hx, weights, batch_sizes, relu)
+    if _routing.needs_torch_rnn([input, hx, *weights]):
+        return torch_layer(input, hx, weights, batch_sizes, relu)
+    return elman_layer_op(input, hx, weights, batch_sizes, relu)
+
+
+def torch_layer(
+    input: Tensor,
+    hx: Tensor,
+    weights: list[Tensor],
+    batch_sizes: Optional[Tensor],
+    relu: bool,
+) -> tuple[Tensor, Tensor]:
+    """One layer computed by torch's own RNN (what nn.RNN runs), with elman_layer's contract."""
+    fn = torch._VF.rnn_relu if relu else torch._VF.rnn_tanh
+    directions = hx.size(0)
+    has_bias = len(weights) == 4 * directions
+    bidirectional = directions == 2
+    if batch_sizes is None:
+        return fn(input, hx, weights, has_bias, 1, 0.0, False, bidirectional, False)
+    return fn(input, batch_sizes, hx, weights, has_bias, 1, 0.0, False, bidirectional)

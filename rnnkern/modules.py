@@ -8,20 +8,25 @@ own RNN implementation instead (with a one-time warning), so results never diffe
 ``rnnkern.RNN`` derives from ``nn.RNNBase`` rather than ``nn.RNN`` on purpose: torch.compile graph-
 breaks on every ``isinstance(m, nn.RNN)`` module, and a fused operator is exactly what lets it trace
 through this one.
+
+Both forwards are TorchScript code, as nn.RNN's are: the argument handling is shared, and what runs
+the layers differs. Eager calls go through ``_eager_*`` (autocast, torch.func transforms, ONNX
+export, the fallback warning: see _routing.py); a scripted module calls the fused operator for the
+CPU kernels and torch's RNN for everything else. Error messages contain nn.RNN's own wording, so
+code that matches nn.RNN's messages keeps working, and add what rnnkern knows.
 """
 
-from __future__ import annotations
-
 import warnings
+from typing import Optional, overload  # TorchScript reads Optional, not "X | None"
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._ops import KERNEL_DTYPES, has_kernel
-from .functional import elman_layer, elman_rnn
+from . import _routing
+from ._ops import KERNEL_DTYPES, has_kernel, scripted_has_kernel
+from .functional import _NONLINEARITIES, elman_rnn, run_layer
 
-_NONLINEARITIES = ("tanh", "relu")
 _warned_fallback: set[tuple[str, torch.dtype]] = set()
 
 
@@ -141,13 +146,14 @@ class RNN(nn.RNNBase):
         dtype: torch.dtype | None = None,
         proj_size: int = 0,
     ) -> None:
-        if nonlinearity not in _NONLINEARITIES:
-            raise ValueError(
-                f"rnnkern.RNN: unknown nonlinearity '{nonlinearity}'; use 'tanh' or 'relu'"
-            )
         if proj_size != 0:
             raise ValueError(
-                "rnnkern.RNN: proj_size is only supported for LSTM, not RNN (as in torch.nn.RNN)"
+                "rnnkern.RNN: proj_size argument is only supported for LSTM, not RNN or GRU "
+                f"(got proj_size={proj_size})"
+            )
+        if nonlinearity not in _NONLINEARITIES:
+            raise ValueError(
+                f"rnnkern.RNN: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
             )
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(
@@ -164,37 +170,58 @@ class RNN(nn.RNNBase):
         )
         self.nonlinearity = nonlinearity
 
+    @overload
+    @torch._jit_internal._overload_method
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self,
+        input: Tensor,
+        hx: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(
+        self,
+        input: PackedSequence,
+        hx: Optional[Tensor] = None,
+    ) -> tuple[PackedSequence, Tensor]:
+        pass
+
+    def forward(self, input, hx=None):
         """Runs the RNN over ``input`` from state ``hx``; see the class docstring for shapes."""
         directions = 2 if self.bidirectional else 1
-        packed = isinstance(input, PackedSequence)
-        if packed:
+        batched = True
+        batch_dim = 0 if self.batch_first else 1
+        if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
-            data, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
-            if input.dim() not in (2, 3):
+            data = input
+            batch_sizes = None
+            sorted_indices = None
+            unsorted_indices = None
+            if data.dim() not in (2, 3):
                 raise ValueError(
-                    f"rnnkern.RNN: expected input to be 2-D (unbatched) or 3-D (batched), got a "
-                    f"{input.dim()}-D tensor of shape {list(input.shape)}"
+                    f"rnnkern.RNN: Expected input to be 2D or 3D, got {data.dim()}D tensor instead "
+                    f"(shape {list(data.shape)}): (L, H_in) unbatched or (L, N, H_in) batched"
                 )
-            batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
+            batched = data.dim() == 3
             if not batched:
-                data = input.unsqueeze(batch_dim)
+                data = data.unsqueeze(batch_dim)
                 if hx is not None:
                     if hx.dim() != 2:
                         raise RuntimeError(
-                            "rnnkern.RNN: for unbatched 2-D input, hx should also be 2-D "
-                            f"(num_layers * num_directions, hidden_size), got {hx.dim()}-D"
+                            "rnnkern.RNN: For unbatched 2-D input, hx should also be 2-D but got "
+                            f"{hx.dim()}-D tensor (num_layers * num_directions, hidden_size)"
                         )
                     hx = hx.unsqueeze(1)
             elif hx is not None and hx.dim() != 3:
                 raise RuntimeError(
-                    "rnnkern.RNN: for batched 3-D input, hx should also be 3-D "
-                    f"(num_layers * num_directions, batch, hidden_size), got {hx.dim()}-D"
+                    "rnnkern.RNN: For batched 3-D input, hx should also be 3-D but got "
+                    f"{hx.dim()}-D tensor (num_layers * num_directions, batch, hidden_size)"
                 )
             batch = data.size(batch_dim)
         if hx is None:
@@ -205,60 +232,96 @@ class RNN(nn.RNNBase):
                 dtype=data.dtype,
                 device=data.device,
             )
-        else:
-            hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(data, hx, batch_sizes)
         if hx.device != data.device:
             raise RuntimeError(
-                f"rnnkern.RNN: hx is on {hx.device} but input is on {data.device}; move hx to "
+                "rnnkern.RNN: Input and hidden tensors are not at the same device, found input "
+                f"tensor at {data.device} and hidden tensor at {hx.device}; move hx to "
                 f"{data.device}"
             )
-        if hx.dtype != data.dtype and not _autocast_enabled(data.device):
+        if data.size(1 if self.batch_first and batch_sizes is None else 0) == 0:
             raise RuntimeError(
-                f"rnnkern.RNN: hx has dtype {hx.dtype} but input has {data.dtype}; they must match "
-                f"(hx.to({data.dtype}))"
+                "rnnkern.RNN: Expected sequence length to be larger than 0 in RNN (got input "
+                f"of shape {list(data.shape)})"
             )
 
+        if torch.jit.is_scripting():
+            output, h_n = self._scripted_layers(data, hx, batch_sizes)
+        else:
+            output, h_n = self._eager_layers(data, hx, batch_sizes)
+
+        if not batched:
+            output = output.squeeze(batch_dim)
+            h_n = h_n.squeeze(1)
+        h_n = self.permute_hidden(h_n, unsorted_indices)
+        if isinstance(input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), h_n
+        return output, h_n
+
+    def _scripted_layers(
+        self, data: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        if scripted_has_kernel([data, hx] + self._flat_weights):
+            return self._kernel_layers(data, hx, self._flat_weights, batch_sizes)
+        return self._torch_rnn(data, hx, self._flat_weights, batch_sizes)
+
+    @torch.jit.unused
+    def _eager_layers(
+        self, data: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        # By name, so that torch.func.functional_call's substitutes are what runs.
         weights = [getattr(self, name) for name in self._flat_weights_names]
+        if hx.dtype != data.dtype and not _autocast_enabled(data.device):
+            raise RuntimeError(
+                f"rnnkern.RNN: {_dtype_mismatch(hx.dtype, data.dtype)}: hx has dtype {hx.dtype} "
+                f"but input has {data.dtype}; they must match (hx.to({data.dtype}))"
+            )
+        if _routing.needs_torch_rnn([data, hx, *weights]):
+            return self._torch_rnn(data, hx, weights, batch_sizes)
         dtype = _kernel_dtype(data, hx, weights)
         if dtype is None:
             _warn_if_no_kernel_for("RNN", data, hx, weights)
-            output, h_n = self._torch_rnn(data, hx, weights, batch_sizes)
-        else:
-            # Casts only under autocast (differentiable: gradients reach the float32 parameters).
-            data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
-            if self.batch_first and not packed:
-                data = data.transpose(0, 1)
-            output, h_n = elman_rnn(
-                data,
-                hx,
-                weights,
-                self.num_layers,
-                self.bidirectional,
-                self.nonlinearity,
-                self.dropout,
-                self.training,
-                batch_sizes,
-            )
-            if self.batch_first and not packed:
-                output = output.transpose(0, 1)
+            return self._torch_rnn(data, hx, weights, batch_sizes)
+        # Casts only under autocast (differentiable: gradients reach the float32 parameters).
+        data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
+        return self._kernel_layers(data, hx, weights, batch_sizes)
 
-        if packed:
-            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-        elif not batched:
-            output = output.squeeze(batch_dim)
-            h_n = h_n.squeeze(1)
-        return output, self.permute_hidden(h_n, unsorted_indices)
+    def _kernel_layers(
+        self, data: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The fused operator, one call per layer (the kernels take the sequence first)."""
+        transposed = self.batch_first and batch_sizes is None
+        if transposed:
+            data = data.transpose(0, 1)
+        output, h_n = elman_rnn(
+            data,
+            hx,
+            weights,
+            self.num_layers,
+            self.bidirectional,
+            self.nonlinearity,
+            self.dropout,
+            self.training,
+            batch_sizes,
+        )
+        if transposed:
+            output = output.transpose(0, 1)
+        return output, h_n
 
     def _torch_rnn(
-        self, data: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Tensor | None
+        self, data: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """torch's own implementation (what nn.RNN runs), for devices and dtypes without a kernel."""
-        fn = torch._VF.rnn_tanh if self.nonlinearity == "tanh" else torch._VF.rnn_relu
+        """torch's own implementation (what nn.RNN runs), for devices and dtypes without a kernel
+        and for torch.func transforms."""
+        # (TorchScript cannot hold a function in a variable: each call is spelled out.)
         common = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if batch_sizes is None:
-            return fn(data, hx, weights, *common, self.batch_first)
-        return fn(data, batch_sizes, hx, weights, *common)
+            if self.nonlinearity == "relu":
+                return torch._VF.rnn_relu(data, hx, weights, *common, self.batch_first)
+            return torch._VF.rnn_tanh(data, hx, weights, *common, self.batch_first)
+        if self.nonlinearity == "relu":
+            return torch._VF.rnn_relu(data, batch_sizes, hx, weights, *common)
+        return torch._VF.rnn_tanh(data, batch_sizes, hx, weights, *common)
 
 
 class RNNCell(nn.RNNCell):
@@ -292,55 +355,119 @@ class RNNCell(nn.RNNCell):
         ...     hx = cell(x_t, hx)
     """
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from state ``hx`` on input ``input``; see the class docstring for shapes."""
         if input.dim() not in (1, 2):
             raise ValueError(
-                f"rnnkern.RNNCell: expected input to be 1-D (unbatched) or 2-D (batch, input_size), "
-                f"got a {input.dim()}-D tensor of shape {list(input.shape)}"
+                f"rnnkern.RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead "
+                f"(shape {list(input.shape)}): (N, H_in) batched or (H_in) unbatched"
             )
         if hx is not None and hx.dim() not in (1, 2):
             raise ValueError(
-                f"rnnkern.RNNCell: expected hx to be 1-D (unbatched) or 2-D (batch, hidden_size), "
-                f"got a {hx.dim()}-D tensor of shape {list(hx.shape)}"
+                f"rnnkern.RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead "
+                f"(shape {list(hx.shape)}): (N, H_out) batched or (H_out) unbatched"
             )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if hx is None:
             h = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
         else:
+            if hx.dim() != input.dim():
+                raise RuntimeError(
+                    f"rnnkern.RNNCell: hx must be {input.dim()}-D like input ("
+                    f"{'(N, H_out)' if batched else '(H_out)'}), got shape {list(hx.shape)}"
+                )
             h = hx if batched else hx.unsqueeze(0)
-        self._check(x, h)
-
+        self._check_shapes(x, h)
+        if self.nonlinearity != "tanh" and self.nonlinearity != "relu":
+            raise RuntimeError(
+                f"rnnkern.RNNCell: Unknown nonlinearity: {self.nonlinearity} (use 'tanh' or 'relu')"
+            )
         weights = [self.weight_ih, self.weight_hh]
-        if self.bias:
-            weights += [self.bias_ih, self.bias_hh]
-        dtype = _kernel_dtype(x, h, weights)
-        if dtype is not None:
-            x, h, weights = x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights]
-            out, _ = elman_layer(x.unsqueeze(0), h.unsqueeze(0), weights, None, self.nonlinearity)
-            out = out[0]
+        bias_ih, bias_hh = self.bias_ih, self.bias_hh
+        if bias_ih is not None and bias_hh is not None:
+            weights += [bias_ih, bias_hh]
+        if torch.jit.is_scripting():
+            if scripted_has_kernel([x, h] + weights):
+                out = self._kernel_step(x, h, weights)
+            else:
+                out = self._torch_step(x, h)
         else:
-            _warn_if_no_kernel_for("RNNCell", x, h, weights)
-            fn = torch._VF.rnn_tanh_cell if self.nonlinearity == "tanh" else torch._VF.rnn_relu_cell
-            out = fn(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            out = self._eager_step(x, h, weights)
         return out if batched else out.squeeze(0)
 
-    def _check(self, x: Tensor, h: Tensor) -> None:
+    def _check_shapes(self, x: Tensor, h: Tensor) -> None:
+        # nn.RNNCell's checks (ATen's check_rnn_cell_forward_*), in its order and words.
         if x.size(1) != self.input_size:
             raise RuntimeError(
-                f"rnnkern.RNNCell: input has {x.size(1)} features, expected input_size="
-                f"{self.input_size} (input shape {list(x.shape)})"
+                f"rnnkern.RNNCell: input has inconsistent input_size: got {x.size(1)} expected "
+                f"{self.input_size} (input of shape {list(x.shape)})"
             )
-        if h.shape != (x.size(0), self.hidden_size):
+        if x.size(0) != h.size(0):
             raise RuntimeError(
-                f"rnnkern.RNNCell: hx must have shape {[x.size(0), self.hidden_size]} (batch, "
-                f"hidden_size) to match input, got {list(h.shape)}"
+                f"rnnkern.RNNCell: Input batch size {x.size(0)} doesn't match hidden0 batch size "
+                f"{h.size(0)} (input of shape {list(x.shape)}, hx of shape {list(h.shape)})"
             )
+        if h.size(1) != self.hidden_size:
+            raise RuntimeError(
+                f"rnnkern.RNNCell: hidden0 has inconsistent hidden_size: got {h.size(1)}, "
+                f"expected {self.hidden_size} (hx of shape {list(h.shape)})"
+            )
+
+    @torch.jit.unused
+    def _eager_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:
         weight_dtype = self.weight_ih.dtype
-        if not _autocast_enabled(x.device) and (x.dtype != weight_dtype or h.dtype != weight_dtype):
-            raise ValueError(
-                f"rnnkern.RNNCell: input ({x.dtype}) and hx ({h.dtype}) must have the parameters' "
-                f"dtype {weight_dtype}. Convert the input (input.to({weight_dtype})) or the module "
-                f"(cell.to({x.dtype}))"
+        if not _autocast_enabled(x.device):
+            for name, t in (("input", x), ("hx", h)):
+                if t.dtype != weight_dtype:
+                    raise RuntimeError(
+                        f"rnnkern.RNNCell: {_dtype_mismatch(t.dtype, weight_dtype)}: {name} is "
+                        f"{t.dtype} and the parameters are {weight_dtype}. Convert {name} "
+                        f"({name}.to({weight_dtype})) or the module (cell.to({t.dtype}))"
+                    )
+        if _routing.needs_torch_rnn([x, h, *weights]):
+            return self._torch_step(x, h)
+        dtype = _kernel_dtype(x, h, weights)
+        if dtype is None:
+            _warn_if_no_kernel_for("RNNCell", x, h, weights)
+            return self._torch_step(x, h)
+        # Casts only under autocast (differentiable: gradients reach the float32 parameters).
+        return self._kernel_step(x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights])
+
+    def _kernel_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:
+        """The fused operator on a one-step sequence."""
+        out, _ = run_layer(
+            x.unsqueeze(0), h.unsqueeze(0), weights, None, self.nonlinearity == "relu"
+        )
+        return out[0]
+
+    def _torch_step(self, x: Tensor, h: Tensor) -> Tensor:
+        """torch's own cell (what nn.RNNCell runs)."""
+        if self.nonlinearity == "relu":
+            return torch._VF.rnn_relu_cell(
+                x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
             )
+        return torch._VF.rnn_tanh_cell(
+            x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
+
+
+# ATen's names of the dtypes, for the wording of nn.RNN's dtype errors (which come from its matmul).
+_ATEN_DTYPE_NAMES = {
+    torch.float64: "Double",
+    torch.float32: "Float",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+}
+
+
+def _dtype_mismatch(first: torch.dtype, second: torch.dtype) -> str:
+    """nn.RNN's (and nn.RNNCell's) words for a tensor whose dtype is not the weights'."""
+    names = [_ATEN_DTYPE_NAMES.get(d, str(d)) for d in (first, second)]
+    return f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}"
