@@ -97,9 +97,10 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
 
   s.layout = s.packed ? packed_layout(op, *batch_sizes, input.size(0))
                       : dense_layout(input.size(0), input.size(1));
-  TORCH_CHECK(
-      s.layout.steps > 0, op, ": the sequence length must be at least 1 (as in torch.nn.RNN), ",
-      "got input of shape ", shape_str(input.sizes()), s.packed ? " with empty batch_sizes" : "");
+  TORCH_CHECK(s.layout.steps > 0, op,
+              ": Expected sequence length to be larger than 0 in RNN (the sequence length must be "
+              "at least 1, as in torch.nn.RNN), got input of shape ",
+              shape_str(input.sizes()), s.packed ? " with empty batch_sizes" : "");
   check_like(op, "hx", hx, input, {s.directions, s.layout.batch, s.hidden});
   for (int64_t d = 0; d < s.directions; ++d) {
     check_like(op, "weight_ih", weight_ih(weights, s, d), input, {s.hidden, s.input_size});

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _routing
+from . import _routing, onnx_export
 from ._ops import KERNEL_DTYPES, has_kernel, scripted_has_kernel
 from .functional import _NONLINEARITIES, elman_rnn, run_layer
 
@@ -194,6 +194,8 @@ class RNN(nn.RNNBase):
         batched = True
         batch_dim = 0 if self.batch_first else 1
         if isinstance(input, PackedSequence):
+            if not torch.jit.is_scripting():
+                onnx_export.refuse_packed_input()
             data, batch_sizes, sorted_indices, unsorted_indices = input
             batch = int(batch_sizes[0])
             if hx is not None:
@@ -239,12 +241,6 @@ class RNN(nn.RNNBase):
                 f"tensor at {data.device} and hidden tensor at {hx.device}; move hx to "
                 f"{data.device}"
             )
-        if data.size(1 if self.batch_first and batch_sizes is None else 0) == 0:
-            raise RuntimeError(
-                "rnnkern.RNN: Expected sequence length to be larger than 0 in RNN (got input "
-                f"of shape {list(data.shape)})"
-            )
-
         if torch.jit.is_scripting():
             output, h_n = self._scripted_layers(data, hx, batch_sizes)
         else:
@@ -282,8 +278,9 @@ class RNN(nn.RNNBase):
         if dtype is None:
             _warn_if_no_kernel_for("RNN", data, hx, weights)
             return self._torch_rnn(data, hx, weights, batch_sizes)
-        # Casts only under autocast (differentiable: gradients reach the float32 parameters).
-        data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
+        if dtype != data.dtype or any(w.dtype != dtype for w in weights):
+            # Only under autocast (differentiable: gradients reach the float32 parameters).
+            data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
         return self._kernel_layers(data, hx, weights, batch_sizes)
 
     def _kernel_layers(
@@ -431,8 +428,10 @@ class RNNCell(nn.RNNCell):
         if dtype is None:
             _warn_if_no_kernel_for("RNNCell", x, h, weights)
             return self._torch_step(x, h)
-        # Casts only under autocast (differentiable: gradients reach the float32 parameters).
-        return self._kernel_step(x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights])
+        if dtype != x.dtype or any(w.dtype != dtype for w in weights):
+            # Only under autocast (differentiable: gradients reach the float32 parameters).
+            x, h, weights = x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights]
+        return self._kernel_step(x, h, weights)
 
     def _kernel_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:
         """The fused operator on a one-step sequence."""

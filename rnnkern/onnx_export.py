@@ -26,10 +26,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _routing
+
 _PACKED_ERROR = (
     "rnnkern: ONNX export of PackedSequence input is not supported; export the model with "
     "padded (L, N, H_in) input, as torch.nn.RNN's export needs"
 )
+
+
+@torch.jit.unused
+def refuse_packed_input() -> None:
+    """Raises the clear error when the dynamo exporter traces a PackedSequence (it would otherwise
+    fail on reading the batch sizes, with a message about data-dependent shapes)."""
+    if _routing.exporting_to_onnx():
+        raise RuntimeError(_PACKED_ERROR)
 
 
 def _roles(weights: list, directions: int) -> tuple[list, list, list | None]:
