@@ -2,8 +2,8 @@
 
 The fused operator's autograd is a C++ function (csrc/autograd.cpp), which keeps Python out of
 every training step but is opaque to torch.func's transforms and to forward-mode AD. Under those,
-rnnkern runs torch's own RNN (the composite ATen implementation nn.RNN runs), which supports them
-wherever nn.RNN does. Under torch.onnx.export's dynamo exporter, a layer becomes the ONNX RNN
+a layer runs in plain differentiable torch operations instead (composite.py), which every
+transform sees through. Under torch.onnx.export's dynamo exporter, a layer becomes the ONNX RNN
 operator (onnx_export.py). Everything else (eager, torch.compile, torch.export, TorchScript) runs
 the fused operator.
 
@@ -26,9 +26,9 @@ def exporting_to_onnx() -> bool:
     return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
-def needs_torch_rnn(tensors: Iterable[Tensor]) -> bool:
+def needs_composite(tensors: Iterable[Tensor]) -> bool:
     """Whether a torch.func transform (vmap, grad, vjp, jacrev, jacfwd, ...) is active, or any of
-    ``tensors`` carries a forward-mode AD tangent: then torch's own RNN must run."""
+    ``tensors`` carries a forward-mode AD tangent: then the layer runs in composite.py."""
     if torch.compiler.is_compiling():  # torch.compile and torch.export keep the fused operator
         return False
     if torch._C._are_functorch_transforms_active():

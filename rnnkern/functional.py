@@ -6,8 +6,8 @@ inter-layer dropout exactly where nn.RNN does, on the same tensor shapes, so tha
 random seed the dropout masks are the same as nn.RNN's.
 
 ``elman_rnn`` is TorchScript code (a scripted rnnkern.RNN calls it). In eager mode each layer goes
-through ``elman_layer``, which also serves torch.func transforms and forward-mode AD (torch's own
-RNN) and the ONNX exporter (the ONNX RNN operator): see _routing.py.
+through ``run_layer``, which also serves torch.func transforms and forward-mode AD (composite.py)
+and the ONNX exporter (onnx_export.py): see _routing.py.
 """
 
 from typing import Optional  # TorchScript reads Optional, not "X | None"
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _routing, onnx_export
+from . import _routing, composite, onnx_export
 from ._ops import elman_layer_op
 
 _NONLINEARITIES = ("tanh", "relu")
@@ -105,23 +105,6 @@ def _eager_layer(
 ) -> tuple[Tensor, Tensor]:
     if _routing.exporting_to_onnx():
         return onnx_export.rnn_layer(input, hx, weights, batch_sizes, relu)
-    if _routing.needs_torch_rnn([input, hx, *weights]):
-        return torch_layer(input, hx, weights, batch_sizes, relu)
+    if _routing.needs_composite([input, hx, *weights]):
+        return composite.elman_layer(input, hx, weights, batch_sizes, relu)
     return elman_layer_op(input, hx, weights, batch_sizes, relu)
-
-
-def torch_layer(
-    input: Tensor,
-    hx: Tensor,
-    weights: list[Tensor],
-    batch_sizes: Optional[Tensor],
-    relu: bool,
-) -> tuple[Tensor, Tensor]:
-    """One layer computed by torch's own RNN (what nn.RNN runs), with elman_layer's contract."""
-    fn = torch._VF.rnn_relu if relu else torch._VF.rnn_tanh
-    directions = hx.size(0)
-    has_bias = len(weights) == 4 * directions
-    bidirectional = directions == 2
-    if batch_sizes is None:
-        return fn(input, hx, weights, has_bias, 1, 0.0, False, bidirectional, False)
-    return fn(input, batch_sizes, hx, weights, has_bias, 1, 0.0, False, bidirectional)

@@ -272,8 +272,6 @@ class RNN(nn.RNNBase):
                 f"rnnkern.RNN: {_dtype_mismatch(hx.dtype, data.dtype)}: hx has dtype {hx.dtype} "
                 f"but input has {data.dtype}; they must match (hx.to({data.dtype}))"
             )
-        if _routing.needs_torch_rnn([data, hx, *weights]):
-            return self._torch_rnn(data, hx, weights, batch_sizes)
         dtype = _kernel_dtype(data, hx, weights)
         if dtype is None:
             _warn_if_no_kernel_for("RNN", data, hx, weights)
@@ -308,8 +306,7 @@ class RNN(nn.RNNBase):
     def _torch_rnn(
         self, data: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Optional[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """torch's own implementation (what nn.RNN runs), for devices and dtypes without a kernel
-        and for torch.func transforms."""
+        """torch's own implementation (what nn.RNN runs), for devices and dtypes without a kernel."""
         # (TorchScript cannot hold a function in a variable: each call is spelled out.)
         common = (self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if batch_sizes is None:
@@ -422,8 +419,8 @@ class RNNCell(nn.RNNCell):
                         f"{t.dtype} and the parameters are {weight_dtype}. Convert {name} "
                         f"({name}.to({weight_dtype})) or the module (cell.to({t.dtype}))"
                     )
-        if _routing.needs_torch_rnn([x, h, *weights]):
-            return self._torch_step(x, h)
+        if _routing.needs_composite([x, h, *weights]):
+            return self._torch_step(x, h)  # nn.RNNCell's own cell: torch.func sees through it
         dtype = _kernel_dtype(x, h, weights)
         if dtype is None:
             _warn_if_no_kernel_for("RNNCell", x, h, weights)
