@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +72,36 @@ def grads(outputs, inputs) -> list[torch.Tensor | None]:
 
 def assert_close(actual, expected, tol, what=""):
     torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# A new interpreter loads a saved artifact: the import it needs first, then the load and the run.
+FRESH_PROCESS_SCRIPT = """
+import sys, torch
+import rnnkern  # registers rnnkern's operators, which a saved model calls
+{load}
+inputs = torch.load(sys.argv[1])
+with torch.no_grad():
+    outputs = model(*inputs)
+torch.save(outputs, sys.argv[2])
+"""
+
+
+def run_in_fresh_process(load: str, inputs: tuple, tmp_path: pathlib.Path):
+    """Runs ``load`` (code that sets ``model``) in a new Python process, calls model(*inputs)
+    there and returns what it returned: nothing of this process's state is reused."""
+    inputs_file, outputs_file = tmp_path / "inputs.pt", tmp_path / "outputs.pt"
+    torch.save(inputs, inputs_file)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_SCRIPT.format(load=load), inputs_file, outputs_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return torch.load(outputs_file)
 
 
 @pytest.fixture(autouse=True)
