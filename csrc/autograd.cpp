@@ -73,15 +73,16 @@ variable_list differentiable_gradients(AutogradContext* ctx, const variable_list
   const int64_t D = hx.size(0);
   const bool has_bias = static_cast<int64_t>(weights.size()) == 4 * D;
   const bool bidirectional = D == 2;
-  const auto [output, h_n] =
-      batch_sizes
-          ? (relu ? at::rnn_relu(input, *batch_sizes, hx, weights, has_bias, 1, 0.0, false,
-                                 bidirectional)
-                  : at::rnn_tanh(input, *batch_sizes, hx, weights, has_bias, 1, 0.0, false,
-                                 bidirectional))
-          : (relu
-                 ? at::rnn_relu(input, hx, weights, has_bias, 1, 0.0, false, bidirectional, false)
-                 : at::rnn_tanh(input, hx, weights, has_bias, 1, 0.0, false, bidirectional, false));
+  // train=true: cuDNN refuses to differentiate an RNN run in inference mode (dropout is 0 here).
+  const auto [output, h_n] = batch_sizes
+                                 ? (relu ? at::rnn_relu(input, *batch_sizes, hx, weights, has_bias,
+                                                        1, 0.0, /*train=*/true, bidirectional)
+                                         : at::rnn_tanh(input, *batch_sizes, hx, weights, has_bias,
+                                                        1, 0.0, /*train=*/true, bidirectional))
+                                 : (relu ? at::rnn_relu(input, hx, weights, has_bias, 1, 0.0,
+                                                        /*train=*/true, bidirectional, false)
+                                         : at::rnn_tanh(input, hx, weights, has_bias, 1, 0.0,
+                                                        /*train=*/true, bidirectional, false));
   // The forward arguments with an edge: input, hx, then each weight.
   variable_list arguments{input, hx};
   arguments.insert(arguments.end(), weights.begin(), weights.end());

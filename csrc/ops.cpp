@@ -11,9 +11,15 @@
 // grad_bias (D, H) is the gradient of bias_ih and of bias_hh alike. output_mask says which of
 // (grad_input, grad_hx, the weight gradients, grad_bias) to compute; the others come back empty.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
 #include "cpu/kernels.h"
+#include "elman_layer_args.h"
 #include "persistent/testing.h"
 
 TORCH_LIBRARY(rnnkern, m) {
@@ -44,6 +50,18 @@ PYBIND11_MODULE(_C, module) {
 #endif
       },
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
+  module.def(
+      "check_layer_args",
+      [](const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights,
+         const std::optional<at::Tensor>& batch_sizes) {
+        try {
+          rnnkern::check_layer_args("rnnkern.elman_layer", input, hx, weights, batch_sizes);
+        } catch (const c10::Error& e) {
+          throw std::runtime_error(e.what_without_backtrace());
+        }
+      },
+      "elman_layer's argument checks alone, for the path that does not reach the operator "
+      "(rnnkern/composite.py); raises RuntimeError as the operator does.");
   pybind11::module_ persistent = module.def_submodule(
       "persistent", "The CUDA persistent kernels' launch plan and CPU emulation, for tests");
   rnnkern::persistent::add_testing_functions(persistent);

@@ -44,14 +44,13 @@ def scripted_has_kernel(tensors: list[Tensor]) -> bool:
     code cannot read KERNEL_DTYPES: it runs the CPU kernels (KERNEL_DTYPES["cpu"]), and torch's own
     RNN on other devices, whatever RNNKERN_CUDA_KERNELS says."""
     first = tensors[0]
-    if first.device.type != "cpu" or (
-        first.dtype != torch.float32 and first.dtype != torch.float64
-    ):
-        return False
+    usable = first.device.type == "cpu" and (
+        first.dtype == torch.float32 or first.dtype == torch.float64
+    )
+    # No return inside the loop: TorchScript would leave a value the ONNX exporter cannot read.
     for t in tensors:
-        if t.dtype != first.dtype or t.device != first.device:
-            return False
-    return True
+        usable = usable and t.dtype == first.dtype and t.device == first.device
+    return usable
 
 
 def cuda_device_limits(device: torch.device | int | None = None) -> tuple[int, int, int, bool]:

@@ -1,14 +1,15 @@
-"""Which implementation an eager call runs, besides the fused kernels: the questions asked per call.
+"""Which implementation an eager layer call runs: the fused operator, or one of two others.
 
 The fused operator's autograd is a C++ function (csrc/autograd.cpp), which keeps Python out of
 every training step but is opaque to torch.func's transforms and to forward-mode AD. Under those,
 a layer runs in plain differentiable torch operations instead (composite.py), which every
 transform sees through. Under torch.onnx.export's dynamo exporter, a layer becomes the ONNX RNN
-operator (onnx_export.py). Everything else (eager, torch.compile, torch.export, TorchScript) runs
-the fused operator.
+operator (onnx_export.py; the TorchScript exporter traces the operator itself and translates it
+with the symbolic registered there). Everything else (eager, torch.compile, torch.export,
+TorchScript) runs the fused operator.
 
-Each check is a few hundred nanoseconds; they run once per module call (and once per layer for
-direct calls of rnnkern.elman_layer).
+This runs on every layer call, so the common case is three cheap tests, about 0.3 us in all:
+torch.onnx.is_in_onnx_export() alone costs 3 us, and is asked only while tracing for an export.
 """
 
 from __future__ import annotations
@@ -19,21 +20,25 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
+KERNEL, COMPOSITE, ONNX = "kernel", "composite", "onnx"
+
+
+def layer_route(tensors: Iterable[Tensor]) -> str:
+    """KERNEL, COMPOSITE or ONNX for a layer call on ``tensors`` (its input, hx and weights)."""
+    # First, so that torch.compile of a torch.func transform (which dynamo traces) gets the
+    # composite layer too.
+    if torch._C._are_functorch_transforms_active():
+        return COMPOSITE
+    if torch.compiler.is_compiling():  # torch.compile, torch.export, and ONNX's dynamo exporter
+        return ONNX if torch.onnx.is_in_onnx_export() else KERNEL
+    # Outside a forward_ad.dual_level() block no tensor has a tangent: one integer comparison.
+    if forward_ad._current_level >= 0 and any(
+        forward_ad.unpack_dual(t).tangent is not None for t in tensors
+    ):
+        return COMPOSITE
+    return KERNEL
+
 
 def exporting_to_onnx() -> bool:
-    """Whether torch.onnx.export's dynamo exporter is tracing this call (its TorchScript exporter
-    traces the operator itself and translates it with the symbolic in onnx_export.py)."""
-    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
-
-
-def needs_composite(tensors: Iterable[Tensor]) -> bool:
-    """Whether a torch.func transform (vmap, grad, vjp, jacrev, jacfwd, ...) is active, or any of
-    ``tensors`` carries a forward-mode AD tangent: then the layer runs in composite.py."""
-    if torch.compiler.is_compiling():  # torch.compile and torch.export keep the fused operator
-        return False
-    if torch._C._are_functorch_transforms_active():
-        return True
-    # Outside a forward_ad.dual_level() block no tensor has a tangent: one integer comparison.
-    return forward_ad._current_level >= 0 and any(
-        forward_ad.unpack_dual(t).tangent is not None for t in tensors
-    )
+    """Whether torch.onnx.export's dynamo exporter is tracing this call."""
+    return torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()

@@ -21,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _C
+
 
 def elman_layer(
     input: Tensor, hx: Tensor, weights: list[Tensor], batch_sizes: Tensor | None, relu: bool
 ) -> tuple[Tensor, Tensor]:
     """rnnkern::elman_layer's result, computed step by step in differentiable torch operations."""
+    _C.check_layer_args(input, hx, weights, batch_sizes)  # the operator's own checks
     activation = torch.relu if relu else torch.tanh
     directions = hx.size(0)
     per_direction = len(weights) // directions

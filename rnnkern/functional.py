@@ -103,8 +103,9 @@ def _eager_layer(
     batch_sizes: Optional[Tensor],
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
-    if _routing.exporting_to_onnx():
+    route = _routing.layer_route([input, hx, *weights])
+    if route is _routing.KERNEL:
+        return elman_layer_op(input, hx, weights, batch_sizes, relu)
+    if route is _routing.ONNX:
         return onnx_export.rnn_layer(input, hx, weights, batch_sizes, relu)
-    if _routing.needs_composite([input, hx, *weights]):
-        return composite.elman_layer(input, hx, weights, batch_sizes, relu)
-    return elman_layer_op(input, hx, weights, batch_sizes, relu)
+    return composite.elman_layer(input, hx, weights, batch_sizes, relu)

@@ -367,8 +367,15 @@ class RNNCell(nn.RNNCell):
             h = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
         else:
             if hx.dim() != input.dim():
+                # nn.RNNCell's words for the same call (its checks read the sizes of hx as given)
+                if batched:
+                    words = f"Input batch size {x.size(0)} doesn't match hidden0 batch size"
+                    words += f" {hx.size(0)}"
+                else:
+                    words = f"hidden0 has inconsistent hidden_size: got {hx.size(0)}, expected"
+                    words += f" {self.hidden_size}"
                 raise RuntimeError(
-                    f"rnnkern.RNNCell: hx must be {input.dim()}-D like input ("
+                    f"rnnkern.RNNCell: {words}: hx must be {input.dim()}-D like input ("
                     f"{'(N, H_out)' if batched else '(H_out)'}), got shape {list(hx.shape)}"
                 )
             h = hx if batched else hx.unsqueeze(0)
@@ -411,15 +418,14 @@ class RNNCell(nn.RNNCell):
     @torch.jit.unused
     def _eager_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:
         weight_dtype = self.weight_ih.dtype
-        if not _autocast_enabled(x.device):
-            for name, t in (("input", x), ("hx", h)):
-                if t.dtype != weight_dtype:
-                    raise RuntimeError(
-                        f"rnnkern.RNNCell: {_dtype_mismatch(t.dtype, weight_dtype)}: {name} is "
-                        f"{t.dtype} and the parameters are {weight_dtype}. Convert {name} "
-                        f"({name}.to({weight_dtype})) or the module (cell.to({t.dtype}))"
-                    )
-        if _routing.needs_composite([x, h, *weights]):
+        if (x.dtype != weight_dtype or h.dtype != weight_dtype) and not _autocast_enabled(x.device):
+            name, t = ("input", x) if x.dtype != weight_dtype else ("hx", h)
+            raise RuntimeError(
+                f"rnnkern.RNNCell: {_dtype_mismatch(t.dtype, weight_dtype)}: {name} is "
+                f"{t.dtype} and the parameters are {weight_dtype}. Convert {name} "
+                f"({name}.to({weight_dtype})) or the module (cell.to({t.dtype}))"
+            )
+        if _routing.layer_route([x, h, *weights]) is _routing.COMPOSITE:
             return self._torch_step(x, h)  # nn.RNNCell's own cell: torch.func sees through it
         dtype = _kernel_dtype(x, h, weights)
         if dtype is None:

@@ -7,7 +7,8 @@ other ONNX backend without rnnkern:
   layer emits the ONNX node itself through ``torch.onnx.ops.symbolic_multi_out`` (``rnn_layer``);
 - the TorchScript exporter (``dynamo=False``) traces the operator ``rnnkern::elman_layer`` and
   translates it with the symbolic registered here (``_elman_layer_symbolic``), which also serves
-  models scripted or traced with torch.jit before export.
+  models traced or scripted with torch.jit before export (a scripted model keeps its control flow,
+  the loop over layers and the kernel test, as ONNX Loop and If around the RNN nodes).
 
 The two build the same graph, one ONNX ``RNN`` node per layer (both directions in one node, as
 rnnkern's operator has them) between the layout changes nn.RNN's layout needs:
@@ -90,9 +91,17 @@ def _elman_layer_symbolic(g, input, hx, weights, batch_sizes, relu):
     relu = bool(symbolic_helper._maybe_get_const(relu, "b"))
     # With bias, each direction's third weight is the 1-D bias_ih; without, it is the next
     # direction's 2-D weight_ih.
-    with_bias = len(weights) >= 4 and symbolic_helper._get_tensor_rank(weights[2]) == 1
+    third_rank = symbolic_helper._get_tensor_rank(weights[2]) if len(weights) >= 4 else None
+    hidden_sizes = symbolic_helper._get_tensor_sizes(weights[1])
+    if (len(weights) >= 4 and third_rank is None) or not hidden_sizes or hidden_sizes[0] is None:
+        raise errors.SymbolicValueError(
+            "rnnkern: the ONNX export of elman_layer needs the weights' shapes, which this graph "
+            "does not record; export the model in eager mode (torch.onnx.export of the module)",
+            input,
+        )
+    with_bias = third_rank == 1
     directions = len(weights) // (4 if with_bias else 2)
-    hidden = symbolic_helper._get_tensor_sizes(weights[1])[0]
+    hidden = hidden_sizes[0]
     w, r, b = _roles(weights, directions)
 
     def stacked(values):

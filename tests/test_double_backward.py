@@ -2,8 +2,8 @@
 property tests draw, and gradgradcheck holds in float64.
 
 With create_graph=True the fused backward hands over to torch's own RNN (csrc/autograd.cpp:
-differentiable_gradients), so second derivatives are nn.RNN's; the first derivatives the graph is
-built from are compared too.
+differentiable_gradients), so second derivatives are nn.RNN's; the first derivatives such a call
+returns are compared too (the fused first derivatives are the property tests' subject).
 """
 
 from __future__ import annotations
@@ -129,8 +129,15 @@ def test_gradgradcheck_cell_and_layer_op():
     )
 
 
-def test_first_order_training_keeps_the_fused_backward():
-    # Only create_graph=True takes torch's RNN: a plain backward runs rnnkern's fused operator.
+def backward_runs_fused_operator(create_graph: bool) -> bool:
     rnn = rnnkern.RNN(3, 4)
-    out, _ = rnn(torch.randn(5, 2, 3))
-    assert "ElmanLayer" in out.grad_fn.name()
+    out, _ = rnn(torch.randn(5, 2, 3, requires_grad=True))
+    with torch.autograd.profiler.profile() as profile:
+        torch.autograd.grad(out.sum(), list(rnn.parameters()), create_graph=create_graph)
+    return any(e.name == "rnnkern::elman_layer_backward" for e in profile.function_events)
+
+
+def test_only_create_graph_leaves_the_fused_backward():
+    # A plain backward (training) runs rnnkern's fused BPTT; create_graph=True takes torch's RNN.
+    assert backward_runs_fused_operator(create_graph=False)
+    assert not backward_runs_fused_operator(create_graph=True)

@@ -112,6 +112,8 @@ BAD_CELL_CALLS = [
     ("wrong hx batch", torch.randn(2, 3), torch.randn(3, 4), RuntimeError, r"hx of shape \[3, 4\]"),
     ("wrong hx size", torch.randn(2, 3), torch.randn(2, 5), RuntimeError, r"hx of shape \[2, 5\]"),
     ("3-D input", torch.randn(2, 3, 1), None, ValueError, r"shape \[2, 3, 1\]"),
+    ("1-D input, 2-D hx", torch.randn(3), torch.randn(2, 4), RuntimeError, "must be 1-D like"),
+    ("2-D input, 1-D hx", torch.randn(2, 3), torch.randn(4), RuntimeError, "must be 2-D like"),
     ("3-D hx", torch.randn(2, 3), torch.randn(1, 2, 4), ValueError, r"shape \[1, 2, 4\]"),
     (
         "dtype",

@@ -171,3 +171,14 @@ def test_is_grads_batched_matches_one_by_one(packed):
         one = torch.autograd.grad(out, inputs, cotangents[v], retain_graph=True)
         for b, o in zip(batched, one):
             torch.testing.assert_close(b[v], o, **TOL)
+
+
+def test_compiled_transforms_match_nn_rnn():
+    # torch.compile traces torch.func transforms; the layers must take the composite path there too.
+    torch._dynamo.reset()
+    theirs, ours = rnn_pair(dtype=DT, seed=6, input_size=3, hidden_size=4, bidirectional=True)
+    xs = torch.randn(3, 5, 2, 3, dtype=DT)
+    batched = torch.compile(vmap(lambda x: ours(x)[0]), backend="aot_eager")(xs)
+    same(batched, torch.stack([theirs(x)[0] for x in xs]))
+    loss = lambda module: lambda x: module(x)[0].pow(2).sum()  # noqa: E731
+    same(torch.compile(grad(loss(ours)), backend="aot_eager")(xs[0]), grad(loss(theirs))(xs[0]))

@@ -27,6 +27,11 @@ from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflat
 
 import rnnkern
 
+# Importing torch's test utilities freezes torch.backends' flags for the rest of the process
+# (common_utils calls torch.backends.disable_global_flags()); the other test files here set them.
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+assert not torch.backends.flags_frozen()
+
 OURS = {nn.RNN: rnnkern.RNN, nn.RNNCell: rnnkern.RNNCell}
 INFOS = [info for info in module_db if info.module_cls in OURS]
 assert len(INFOS) == 2, "module_db should describe nn.RNN and nn.RNNCell"

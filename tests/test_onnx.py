@@ -68,6 +68,17 @@ def ops(proto: onnx.ModelProto) -> list[str]:
     ]
 
 
+def all_ops(graph: onnx.GraphProto) -> list[str]:
+    """The op types of a graph and of every subgraph inside it (If branches, Loop bodies)."""
+    found = []
+    for node in graph.node:
+        found.append(f"{node.domain}::{node.op_type}" if node.domain else node.op_type)
+        for attribute in node.attribute:
+            for sub in [attribute.g, *attribute.graphs]:
+                found += all_ops(sub)
+    return found
+
+
 # Each option on both sides across the configurations (num_layers, bidirectional, nonlinearity,
 # bias, batch_first, with h0).
 CONFIGS = [
@@ -210,3 +221,33 @@ def test_configs_cover_each_option_both_ways():
     for key in ("num_layers", "bidirectional", "nonlinearity", "bias", "batch_first", "h0"):
         assert len({c[key] for c in CONFIGS}) >= 2, key
     assert set(RNN_ARGS) - {"input_size", "hidden_size"} <= set(CONFIGS[0])
+
+
+class ScriptableModel(nn.Module):
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(rnn.hidden_size * 2, 2)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h_n = self.rnn(x, h0)
+        return self.head(out), h_n
+
+
+def test_scripted_model_exports_with_the_torchscript_exporter():
+    torch.manual_seed(2)
+    theirs = nn.RNN(3, 6, num_layers=2, bidirectional=True)
+    ours = rnnkern.RNN(3, 6, num_layers=2, bidirectional=True)
+    ours.load_state_dict(theirs.state_dict())
+    scripted = torch.jit.script(ScriptableModel(ours).eval())
+    reference = ScriptableModel(theirs).eval()
+    reference.head.load_state_dict(scripted.head.state_dict())
+    args = (torch.randn(5, 2, 3), torch.randn(4, 2, 6))
+    proto = export(scripted, args, False, {"x": {0: "steps", 1: "batch"}, "h0": {1: "batch"}})
+    # Scripted control flow (the loop over layers, the kernel-or-not test) stays in the graph as
+    # ONNX Loop and If; the layers inside are RNN nodes all the same.
+    assert "RNN" in all_ops(proto.graph) and not any("rnnkern" in op for op in all_ops(proto.graph))
+    args = (torch.randn(7, 3, 3), torch.randn(4, 3, 6))
+    with torch.no_grad():
+        for got, expected in zip(run(proto, *args), reference(*args)):
+            torch.testing.assert_close(torch.from_numpy(got), expected, **ONNX_TOL)

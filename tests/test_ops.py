@@ -90,7 +90,7 @@ def test_backward_op_matches_autograd(packed):
     ours = [gi, gh]
     for d in range(2):
         ours += [gw_ih[d], gw_hh[d], gb[d], gb[d]]
-    for a, b in zip(ours, expected):
+    for a, b in zip(ours, expected, strict=True):
         torch.testing.assert_close(a, b)
 
 
