@@ -52,11 +52,16 @@ BackwardResult call_backward(const Tensor& grad_output, const Tensor& grad_h_n, 
 }
 
 // The weights of one role (0: weight_ih, 1: weight_hh) of every direction, stacked (D, H, .): the
-// backward operator's form of them (see ops.cpp). One direction is a view; two are a copy.
-Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_t role) {
+// backward operator's form of them (see ops.cpp). One direction is a view; two are a copy, unless
+// the backward reads only their shape (weight_ih without an input gradient, as for a first layer):
+// then the first direction's matrix, repeated as a view, saves the copy.
+Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_t role,
+                  bool values_read) {
   const int64_t per_direction = static_cast<int64_t>(weights.size()) / directions;
-  if (directions == 1) return weights[role].unsqueeze(0);
-  return at::stack({weights[role], weights[per_direction + role]});
+  const Tensor& first = weights[role];
+  if (directions == 1) return first.unsqueeze(0);
+  if (!values_read) return first.unsqueeze(0).expand({directions, first.size(0), first.size(1)});
+  return at::stack({first, weights[per_direction + role]});
 }
 
 // With create_graph=True the gradient must itself be differentiable, and elman_layer_backward has
@@ -139,8 +144,8 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
       (static_cast<int64_t>(i) % per_direction < 2 ? need_matrices : need_bias) = true;
     }
     const auto [grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias] = call_backward(
-        grads[0], grads[1], input, hx, stack_role(weights, D, 0), stack_role(weights, D, 1), output,
-        batch_sizes, relu,
+        grads[0], grads[1], input, hx, stack_role(weights, D, 0, ctx->needs_input_grad(0)),
+        stack_role(weights, D, 1, true), output, batch_sizes, relu,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), need_matrices, need_bias});
 
     variable_list result{ctx->needs_input_grad(0) ? grad_input : Tensor(),
