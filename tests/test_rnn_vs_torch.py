@@ -109,6 +109,33 @@ def test_only_h_n_used_and_only_output_used():
             assert_close(a, b, GRAD_TOL[torch.float32], f"grad via output {pick}")
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("trainable", ["weights", "biases", "hx", "one matrix"])
+def test_gradients_when_only_some_tensors_need_them(bidirectional, trainable):
+    """What autograd asks of the fused backward decides what it computes (and, for a first layer,
+    which weights it copies): each subset must get nn.RNN's gradients."""
+    theirs, ours = rnn_pair(
+        dtype=torch.float64, input_size=3, hidden_size=5, num_layers=2, bidirectional=bidirectional
+    )
+    x = torch.randn(6, 4, 3, dtype=torch.float64)  # no gradient wanted for the input
+    h0 = torch.randn(4 if bidirectional else 2, 4, 5, dtype=torch.float64)
+    results = []
+    for module in (ours, theirs):
+        params = dict(module.named_parameters())
+        wanted = {
+            "weights": [p for n, p in params.items() if n.startswith("weight")],
+            "biases": [p for n, p in params.items() if n.startswith("bias")],
+            "hx": [h0.clone().requires_grad_()],
+            "one matrix": [params["weight_hh_l0"]],
+        }[trainable]
+        for p in module.parameters():
+            p.requires_grad_(any(p is w for w in wanted))
+        out, h_n = module(x, wanted[0] if trainable == "hx" else h0)
+        results.append(torch.autograd.grad(out.pow(2).sum() + h_n.sum(), wanted))
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, GRAD_TOL[torch.float64], f"gradient with only {trainable} trainable")
+
+
 def test_dropout_matches_nn_rnn_masks():
     """Same seed, same dropout masks: dropout is applied where and how nn.RNN applies it."""
     theirs, ours = rnn_pair(input_size=4, hidden_size=16, num_layers=3, dropout=0.5)
