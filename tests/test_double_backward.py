@@ -141,3 +141,32 @@ def test_only_create_graph_leaves_the_fused_backward():
     # A plain backward (training) runs rnnkern's fused BPTT; create_graph=True takes torch's RNN.
     assert backward_runs_fused_operator(create_graph=False)
     assert not backward_runs_fused_operator(create_graph=True)
+
+
+def test_second_derivatives_on_each_device(device):
+    # On a GPU, nn.RNN has double backward without cuDNN (whose RNN has none): so does rnnkern.
+    theirs, ours = (
+        nn.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64),
+        rnnkern.RNN(3, 4, 2, bidirectional=True, dtype=torch.float64),
+    )
+    ours.load_state_dict(theirs.state_dict())
+    ours.to(device)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    inputs = [x, *theirs.parameters()]
+    direction = [torch.randn_like(t) for t in inputs]
+
+    def second(module, where):
+        names = [n for n, _ in module.named_parameters()]
+        fn = lambda x, *p: functional_call_loss(module, names, x, p)  # noqa: E731
+        return first_and_second(fn, [t.to(where) for t in inputs], [v.to(where) for v in direction])
+
+    with torch.backends.cudnn.flags(enabled=False):
+        got = second(ours, device)
+    expected = second(theirs, "cpu")
+    for a, b in zip([*got[0], *got[1]], [*expected[0], *expected[1]], strict=True):
+        torch.testing.assert_close(a.cpu(), b, **TOL[torch.float64])
+
+
+def functional_call_loss(module, names, x, params):
+    out, h_n = torch.func.functional_call(module, dict(zip(names, params)), (x,))
+    return out.pow(2).sum() + h_n.pow(3).sum()

@@ -182,3 +182,14 @@ def test_compiled_transforms_match_nn_rnn():
     same(batched, torch.stack([theirs(x)[0] for x in xs]))
     loss = lambda module: lambda x: module(x)[0].pow(2).sum()  # noqa: E731
     same(torch.compile(grad(loss(ours)), backend="aot_eager")(xs[0]), grad(loss(theirs))(xs[0]))
+
+
+def test_transforms_on_each_device(device):
+    # On a GPU, rnnkern's layers under torch.func run the same composite operations on CUDA tensors.
+    theirs, ours = rnn_pair(dtype=DT, seed=7, input_size=3, hidden_size=4, bidirectional=True)
+    ours.to(device)
+    xs = torch.randn(3, 5, 2, 3, dtype=DT)
+    batched = vmap(lambda x: ours(x)[0])(xs.to(device))
+    same(batched.cpu(), torch.stack([theirs(x)[0] for x in xs]))
+    loss = lambda module: lambda x: module(x)[0].pow(2).sum()  # noqa: E731
+    same(grad(loss(ours))(xs[0].to(device)).cpu(), grad(loss(theirs))(xs[0]))
