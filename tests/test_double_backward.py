@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import RNN_ARGS
-from hypothesis import given, settings
+from hypothesis import given
 from test_properties import PROPERTY_SETTINGS, configurations
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -55,7 +55,7 @@ def first_and_second(fn, inputs, direction):
     return [g.detach() for g in grads], torch.autograd.grad(projected, inputs)
 
 
-@settings(PROPERTY_SETTINGS, max_examples=120)
+@PROPERTY_SETTINGS
 @given(c=configurations())
 def test_second_derivatives_match_nn_rnn(c):
     torch.manual_seed(c["seed"])
@@ -64,11 +64,11 @@ def test_second_derivatives_match_nn_rnn(c):
     theirs = nn.RNN(**config, dtype=dtype)
     with torch.no_grad():
         for w in theirs.parameters():
-            w.mul_(min(c["scale"], 1.0))  # second derivatives of saturated tanh underflow alike
+            w.mul_(c["scale"])
     ours = rnnkern.RNN(**config, dtype=dtype)
     ours.load_state_dict(theirs.state_dict())
     directions = 2 if c["bidirectional"] else 1
-    x = torch.randn(c["steps"], c["batch"], c["input_size"], dtype=dtype)
+    x = torch.randn(c["steps"], c["batch"], c["input_size"], dtype=dtype) * c["scale"]
     h0 = torch.randn(c["num_layers"] * directions, c["batch"], c["hidden_size"], dtype=dtype)
     d_out = torch.randn(c["steps"], c["batch"], directions * c["hidden_size"], dtype=dtype)
     d_hn = torch.randn_like(h0)
