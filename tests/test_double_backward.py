@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import RNN_ARGS
 from hypothesis import given
-from test_properties import PROPERTY_SETTINGS, configurations
+from test_properties import PROPERTY_SETTINGS, configurations, drawn_modules
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -58,15 +57,8 @@ def first_and_second(fn, inputs, direction):
 @PROPERTY_SETTINGS
 @given(c=configurations())
 def test_second_derivatives_match_nn_rnn(c):
-    torch.manual_seed(c["seed"])
     dtype = c["dtype"]
-    config = {k: c[k] for k in RNN_ARGS}
-    theirs = nn.RNN(**config, dtype=dtype)
-    with torch.no_grad():
-        for w in theirs.parameters():
-            w.mul_(c["scale"])
-    ours = rnnkern.RNN(**config, dtype=dtype)
-    ours.load_state_dict(theirs.state_dict())
+    theirs, ours = drawn_modules(c)
     directions = 2 if c["bidirectional"] else 1
     x = torch.randn(c["steps"], c["batch"], c["input_size"], dtype=dtype) * c["scale"]
     h0 = torch.randn(c["num_layers"] * directions, c["batch"], c["hidden_size"], dtype=dtype)

@@ -79,44 +79,17 @@ def all_ops(graph: onnx.GraphProto) -> list[str]:
     return found
 
 
-# Each option on both sides across the configurations (num_layers, bidirectional, nonlinearity,
-# bias, batch_first, with h0).
+# Each option on both sides across the configurations.
+CONFIG_KEYS = ("num_layers", "bidirectional", "nonlinearity", "bias", "batch_first", "h0")
 CONFIGS = [
-    dict(
-        num_layers=1,
-        bidirectional=False,
-        nonlinearity="tanh",
-        bias=True,
-        batch_first=False,
-        h0=True,
-    ),
-    dict(
-        num_layers=2, bidirectional=True, nonlinearity="tanh", bias=True, batch_first=True, h0=False
-    ),
-    dict(
-        num_layers=3,
-        bidirectional=False,
-        nonlinearity="relu",
-        bias=False,
-        batch_first=True,
-        h0=True,
-    ),
-    dict(
-        num_layers=2,
-        bidirectional=True,
-        nonlinearity="relu",
-        bias=False,
-        batch_first=False,
-        h0=True,
-    ),
-    dict(
-        num_layers=1,
-        bidirectional=True,
-        nonlinearity="tanh",
-        bias=False,
-        batch_first=False,
-        h0=False,
-    ),
+    dict(zip(CONFIG_KEYS, values))
+    for values in [
+        (1, False, "tanh", True, False, True),
+        (2, True, "tanh", True, True, False),
+        (3, False, "relu", False, True, True),
+        (2, True, "relu", False, False, True),
+        (1, True, "tanh", False, False, False),
+    ]
 ]
 
 

@@ -81,18 +81,25 @@ def run(module, x, h0, lengths, batch_first, cotangents):
     return out.cpu(), h_n.cpu(), [g.cpu() for g in grads]
 
 
-@PROPERTY_SETTINGS
-@given(c=configurations())
-def test_matches_nn_rnn_and_the_numpy_reference(device, c):
+def drawn_modules(c: dict, device="cpu") -> tuple[nn.RNN, rnnkern.RNN]:
+    """nn.RNN (on the CPU) and rnnkern.RNN (on device) of a drawn configuration, with the same
+    weights, scaled by the drawn scale."""
     torch.manual_seed(c["seed"])
-    dtype = c["dtype"]
     config = {k: c[k] for k in RNN_ARGS}
-    theirs = nn.RNN(**config, dtype=dtype)
+    theirs = nn.RNN(**config, dtype=c["dtype"])
     with torch.no_grad():
         for w in theirs.parameters():
             w.mul_(c["scale"])
-    ours = rnnkern.RNN(**config, dtype=dtype, device=device)
+    ours = rnnkern.RNN(**config, dtype=c["dtype"], device=device)
     ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+@PROPERTY_SETTINGS
+@given(c=configurations())
+def test_matches_nn_rnn_and_the_numpy_reference(device, c):
+    dtype = c["dtype"]
+    theirs, ours = drawn_modules(c, device)
 
     directions = 2 if c["bidirectional"] else 1
     x = torch.randn(c["steps"], c["batch"], c["input_size"], dtype=dtype) * c["scale"]

@@ -11,6 +11,7 @@ import torch
 from conftest import GRAD_TOL, TOL, assert_close, rnn_pair, run_in_fresh_process
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
+from torch.utils._pytree import tree_leaves
 
 import rnnkern
 
@@ -53,6 +54,17 @@ class Unroll(nn.Module):
         return torch.stack(outputs)
 
 
+def check_loads_in_a_fresh_process(module, args, reference, tmp_path):
+    """torch.jit.save, then torch.jit.load and a call in a new process: nn.RNN's results."""
+    path = tmp_path / "model.pt"
+    torch.jit.save(module, path)
+    got = run_in_fresh_process(f"model = torch.jit.load({str(path)!r})", args, tmp_path)
+    with torch.no_grad():
+        expected = reference(*args)
+    for a, b in zip(tree_leaves(got), tree_leaves(expected), strict=True):
+        assert_close(a, b, TOL[torch.float32], "loaded in a fresh process")
+
+
 CONFIGS = [
     dict(input_size=3, hidden_size=6, num_layers=2, bidirectional=True, batch_first=True),
     dict(input_size=3, hidden_size=6, nonlinearity="relu", bias=False),
@@ -91,12 +103,7 @@ def test_script_matches_eager_and_nn_rnn(config, tmp_path):
     for a, b in zip(ours_grads, their_grads):
         assert_close(a, b, GRAD_TOL[torch.float32], "grad through scripted")
 
-    path = tmp_path / "scripted.pt"
-    torch.jit.save(scripted, path)
-    got = run_in_fresh_process(f"model = torch.jit.load({str(path)!r})", (x,), tmp_path)
-    with torch.no_grad():
-        for a, b in zip(got, reference(x)):
-            assert_close(a, b, TOL[torch.float32], "loaded in a fresh process")
+    check_loads_in_a_fresh_process(scripted, (x,), reference, tmp_path)
 
 
 def test_script_packed_input():
@@ -120,10 +127,7 @@ def test_script_cell_loop(nonlinearity, tmp_path):
     unbatched = torch.jit.script(ours)  # a cell's forward is not overloaded: it scripts on its own
     assert_close(unbatched(xs[0, 0], h[0]), theirs(xs[0, 0], h[0]), TOL[torch.float32], "1-D")
 
-    path = tmp_path / "cell.pt"
-    torch.jit.save(scripted, path)
-    got = run_in_fresh_process(f"model = torch.jit.load({str(path)!r})", (xs, h), tmp_path)
-    assert_close(got, Unroll(theirs)(xs, h), TOL[torch.float32], "cell loop loaded")
+    check_loads_in_a_fresh_process(scripted, (xs, h), Unroll(theirs), tmp_path)
 
 
 def test_scripted_module_in_other_dtypes():
@@ -160,9 +164,4 @@ def test_trace_matches_nn_rnn_and_loads_in_a_fresh_process(config, tmp_path):
     assert runs_fused_operator(traced, other)
     for a, b in zip(traced(other), reference(other)):
         assert_close(a, b, TOL[torch.float32], "traced")
-    path = tmp_path / "traced.pt"
-    torch.jit.save(traced, path)
-    got = run_in_fresh_process(f"model = torch.jit.load({str(path)!r})", (other,), tmp_path)
-    with torch.no_grad():
-        for a, b in zip(got, reference(other)):
-            assert_close(a, b, TOL[torch.float32], "traced, loaded in a fresh process")
+    check_loads_in_a_fresh_process(traced, (other,), reference, tmp_path)
