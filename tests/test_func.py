@@ -193,3 +193,12 @@ def test_transforms_on_each_device(device):
     same(batched.cpu(), torch.stack([theirs(x)[0] for x in xs]))
     loss = lambda module: lambda x: module(x)[0].pow(2).sum()  # noqa: E731
     same(grad(loss(ours))(xs[0].to(device)).cpu(), grad(loss(theirs))(xs[0]))
+
+
+def test_layer_under_transforms_checks_its_arguments_as_the_operator_does():
+    weights = [torch.randn(6, 3), torch.randn(6, 6)]
+    bad_hx = torch.zeros(1, 5, 6)  # batch 5, input batch 2
+    with pytest.raises(RuntimeError, match=r"hx must have shape \[1, 2, 6\], got \[1, 5, 6\]"):
+        vmap(lambda x: rnnkern.elman_layer(x, bad_hx, weights))(torch.randn(5, 4, 2, 3))
+    with pytest.raises(RuntimeError, match=r"hx must have shape \[1, 2, 6\]"):
+        grad(lambda x: rnnkern.elman_layer(x, bad_hx, weights)[0].sum())(torch.randn(4, 2, 3))
