@@ -7,16 +7,27 @@
 See README.md for what is fused and how fast, and ARCHITECTURE.md for how a call reaches the kernels.
 """
 
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
 import torch  # noqa: F401  (loads libtorch before the extension that links against it)
 
 try:
     from . import _C
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "rnnkern: its compiled extension rnnkern._C could not be loaded "
-        f"({error}). Build it against the torch you are running, from the source tree:\n"
+except ImportError as error:
+    _BUILD = (
+        "Build it against the torch you are running, from the source tree:\n"
         "    pip install --no-build-isolation -e .      (or: make build)\n"
         "and rebuild whenever torch is upgraded."
+    )
+    if not any((Path(__file__).parent / f"_C{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        # Not built. Python's own message would speak of a circular import: say only this.
+        raise ImportError(
+            f"rnnkern: its compiled extension rnnkern._C is not built. {_BUILD}"
+        ) from None
+    # Built, but for another torch or Python, say: keep the cause.
+    raise ImportError(
+        f"rnnkern: its compiled extension rnnkern._C could not be loaded ({error}). {_BUILD}"
     ) from error
 
 from . import _ops  # noqa: E402,F401  (fake tensors and autograd for the operators)

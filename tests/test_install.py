@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
+
+from conftest import ROOT
 
 BROKEN_EXTENSION = textwrap.dedent(
     """
@@ -37,3 +40,19 @@ def test_import_without_the_extension_says_how_to_build_it():
     assert "rnnkern._C could not be loaded" in message
     assert "simulated: undefined symbol" in message  # the cause is kept
     assert "pip install --no-build-isolation -e ." in message
+
+
+def test_import_of_an_unbuilt_checkout_says_only_to_build(tmp_path):
+    # The package as a fresh clone has it: no compiled extension next to it.
+    shutil.copytree(ROOT / "rnnkern", tmp_path / "rnnkern", ignore=shutil.ignore_patterns("_C*"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import rnnkern"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "ImportError: rnnkern: its compiled extension rnnkern._C is not built" in result.stderr
+    assert "circular import" not in result.stderr, result.stderr
+    assert "pip install --no-build-isolation -e ." in result.stderr
