@@ -1,5 +1,6 @@
-# One command each, from a fresh clone: `make demo` (the main job) and `make test`.
-# Both create the virtual environment and build the extension when needed.
+# From a fresh clone, one command each (README): `make bench` (the main job: the benchmark runner's
+# default sweep) and `make test`; also `make demo`. Each creates the virtual environment and builds
+# the extension when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
@@ -24,7 +25,7 @@ demo: build
 test: build
 	$(PY) -m pytest -q
 
-# The CPU speed table of issue #2: ratios against torch.nn.RNN measured side by side.
+# The CPU speed table: ratios against torch.nn.RNN measured side by side.
 speed: build
 	$(PY) -m benchmarks.speed_table --runs 3
 
@@ -41,7 +42,7 @@ format: $(INSTALLED)
 clean:
 	rm -rf build rnnkern/_C*.so *.egg-info
 
-# The benchmark runner's default sweep (a few minutes on 2 cores); results in bench-out/.
+# The main job: the benchmark runner's default sweep (1-2 minutes on 2 cores); results in bench-out/.
 bench: build
 	$(PY) -m benchmarks.run
 

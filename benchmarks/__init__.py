@@ -1,2 +1,2 @@
-"""rnnkern's benchmarks: the runner (``python -m benchmarks.run``), the speed table of issue 2, and
+"""rnnkern's benchmarks: the runner (``python -m benchmarks.run``), the CPU speed table, and
 a pytest-benchmark suite (``pytest benchmarks --benchmark-only``)."""

@@ -1,4 +1,4 @@
-"""The GPU benchmark of issue 4 in one command: the benchmark runner over the shapes the speed
+"""The GPU benchmark in one command: the benchmark runner over the shapes the speed
 targets name, with a summary of each target. `make gpu-check` runs it after the GPU tests.
 
     RNNKERN_CUDA_KERNELS=1 python -m benchmarks.gpu_sweep --out benchmarks/results/cuda

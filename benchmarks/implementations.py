@@ -5,8 +5,8 @@ runner can check it against nn.RNN and time it the same way:
 
 - ``rnnkern``: rnnkern.RNN with the same weights.
 - ``nn.RNN``: torch.nn.RNN itself (cuDNN on GPU, ATen on CPU).
-- ``RNNCell-loop``: a Python loop over nn.RNNCell, layer by layer and direction by direction, as the
-  tutorials the project grew from teach.
+- ``RNNCell-loop``: a Python loop over nn.RNNCell, layer by layer and direction by direction, the
+  way RNNs are commonly taught.
 - ``RNNCell-loop-compiled``: the same loop with the cell's step under torch.compile (compiling
   the whole loop would unroll thousands of steps). The compiled step takes the weights as
   arguments, so it compiles once per shape, not once per module.

@@ -1,4 +1,4 @@
-"""The CPU speed table of issue #2: rnnkern.RNN against torch.nn.RNN, same weights, same inputs.
+"""The CPU speed table: rnnkern.RNN against torch.nn.RNN, same weights, same inputs.
 
 For each shape (batch, hidden, seq len; input_size = hidden, one layer, float32) both modules are
 timed side by side in one process, interleaved, after a warm-up; each ratio is nn.RNN's median time
@@ -24,7 +24,7 @@ from torch import nn
 import rnnkern
 from benchmarks.timing import interleaved
 
-# (batch, hidden, seq_len): the shapes and targets the issue names.
+# (batch, hidden, seq_len): the shapes of the table and the speedup each is held to.
 SHAPES = [(1, 64, 512), (1, 256, 512), (16, 256, 256), (64, 1024, 32)]
 TARGETS = {
     (1, 64, 512): (8.0, 15.0),

@@ -1,7 +1,7 @@
-"""Seed 001's task with rnnkern.RNN: read a window of sin(x), predict the matching window of cos(x).
+"""A first task for rnnkern.RNN: read a window of sin(x), predict the matching window of cos(x).
 
 input_size 1, hidden_size 32, windows of 10 points, SGD with lr 0.01, the hidden state carried
-(detached) from one window to the next, as the tutorial does with nn.RNN. Prints the loss as it falls
+(detached) from one window to the next, as one would with nn.RNN. Prints the loss as it falls
 and writes a plot of the prediction against the target.
 
     python examples/sine_to_cosine.py [--steps 1000] [--plot sine_to_cosine.png] [--torch]

@@ -1,4 +1,4 @@
-"""Seed 001's sine-to-cosine task trained with rnnkern.RNN and with nn.RNN from the same weights."""
+"""The sine-to-cosine task (examples/sine_to_cosine.py) trained with rnnkern.RNN and with nn.RNN from the same weights."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ class PackedTagger(nn.Module):
 
 
 class Unroll(nn.Module):
-    """A Python loop over a cell, as the seed tutorials write it."""
+    """A Python loop over a cell, the way RNNs are commonly taught."""
 
     def __init__(self, cell: nn.Module):
         super().__init__()

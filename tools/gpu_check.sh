@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make gpu-check`: everything issue 4 asks of a machine with an NVIDIA GPU, in one command, on the
-# machine as it is (its python3 and torch; nothing is installed, so it runs where the network
+# `make gpu-check`: everything the CUDA kernels need checked on a machine with an NVIDIA GPU, in one
+# command, on the machine as it is (its python3 and torch; nothing is installed, so it runs where the network
 # cannot be reached, such as the accelerator machine of DEVELOPERS.md).
 #
 #   1. builds rnnkern._C in place for this GPU's architecture (and sm_80/sm_90 as always);
