@@ -1,4 +1,4 @@
-"""Builds rnnkern and its compiled extension rnnkern._C.
+"""Builds rnnkern's compiled extension rnnkern._C (the package's metadata is in pyproject.toml).
 
 The C++ sources in csrc/ (the operator schemas and the CPU kernels) are always built. CUDA sources
 (csrc/cuda/*.cu) are added when this torch is a CUDA build and nvcc is found; the decision does not
@@ -23,9 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-ROOT = Path(__file__).parent.resolve()
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
@@ -68,9 +67,20 @@ def cuda_library_includes() -> list[str]:
 
 
 def build_with_cuda(torch, cuda_sources: list[str]) -> Path | None:
-    if not cuda_sources or os.environ.get("RNNKERN_NO_CUDA") == "1" or torch.version.cuda is None:
-        return None
-    return find_cuda_home()
+    """The CUDA toolkit to build the CUDA kernels with, or None; a CPU-only build says so, and why,
+    in one line."""
+    if os.environ.get("RNNKERN_NO_CUDA") == "1":
+        reason = "RNNKERN_NO_CUDA=1"
+    elif torch.version.cuda is None:
+        reason = f"torch {torch.__version__} is a CPU-only build"
+    elif not cuda_sources:
+        reason = "no CUDA sources in csrc/cuda"
+    elif (cuda_home := find_cuda_home()) is None:
+        reason = "nvcc not found (set CUDA_HOME to build them)"
+    else:
+        return cuda_home
+    print(f"rnnkern: building the CPU kernels only; the CUDA kernels are left out ({reason})")
+    return None
 
 
 def extension_modules():
@@ -136,16 +146,4 @@ def cmdclass():
     return {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
-setup(
-    name="rnnkern",
-    version="0.1.0",
-    description="Fused Elman RNN kernels for PyTorch: a drop-in, faster torch.nn.RNN",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["rnnkern", "rnnkern.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy"],
-    ext_modules=extension_modules(),
-    cmdclass=cmdclass(),
-    zip_safe=False,
-)
+setup(ext_modules=extension_modules(), cmdclass=cmdclass())
