@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: build demo test speed bench bench-pytest gpu-check asan lint format clean
+.PHONY: build demo test speed bench bench-pytest gpu-check asan wheel-check lint format clean
 
 # The venv sees this checkout through a .pth file (what an editable install does), so that the
 # extension is built once, in place and incrementally, by `make build` rather than again by pip.
@@ -54,6 +54,10 @@ gpu-check:
 # The C++ under AddressSanitizer, with the fuzz, property and error tests (CI runs it too).
 asan: $(INSTALLED)
 	PY=$(PY) tools/asan_check.sh
+
+# A wheel built, installed with no compiler, and run outside the source tree (CI runs it too).
+wheel-check: $(INSTALLED)
+	PY=$(PY) tools/wheel_check.sh
 
 # The pytest-benchmark suite (not part of `make test`).
 bench-pytest: build
