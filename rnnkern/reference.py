@@ -20,8 +20,7 @@ dh the gradient of the loss with respect to the current state (dL/dh_n to begin 
     dx_t  = dz_t W_ih
     dh    = dz_t W_hh                    (the gradient reaching h_{t-1})
 
-and after the first step dh is dL/dh0. The seeds (000: the chain-rule derivation, 002: BPTT in
-NumPy) derive the same equations.
+and after the first step dh is dL/dh0.
 """
 
 from __future__ import annotations
