@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -41,6 +42,22 @@ def table(config, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _not_timed(results: list[dict]) -> str:
+    """One line per implementation with points missing from the plot: which lengths, and why (the
+    runner's note for the first of them)."""
+    by_impl: dict[str, list[dict]] = {}
+    for r in results:
+        if r["status"] != "ok":
+            by_impl.setdefault(r["implementation"], []).append(r)
+    lines = []
+    for name, missing in by_impl.items():
+        lengths = ", ".join(str(r["seq_len"]) for r in missing)
+        reason = missing[0].get("note") or missing[0]["status"]
+        text = f"{name} not plotted at seq len {lengths}, {missing[0]['status']}: {reason}"
+        lines.append(textwrap.fill(text, width=88, subsequent_indent="    "))
+    return "\n".join(lines)
+
+
 def plot_throughput(report: dict, path: Path) -> None:
     """Tokens per second against sequence length, log axes, one panel per configuration."""
     import matplotlib
@@ -51,7 +68,7 @@ def plot_throughput(report: dict, path: Path) -> None:
     configs = report["configs"]
     columns = min(2, len(configs))
     rows = (len(configs) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 5.4 * rows), squeeze=False)
     for ax, entry in zip(axes.flat, configs):
         by_impl: dict[str, list[tuple[int, float]]] = {}
         for r in entry["results"]:
@@ -74,7 +91,11 @@ def plot_throughput(report: dict, path: Path) -> None:
         ax.set_ylabel("tokens / s (batch x seq len / s)")
         ax.set_title(_title(entry["config"]), fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        # Below the panel, so that it covers no line; then what was not timed, and why.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+        missing = _not_timed(entry["results"])
+        if missing:
+            ax.text(0, -0.34, missing, transform=ax.transAxes, fontsize=7, va="top", wrap=True)
     for ax in list(axes.flat)[len(configs) :]:
         ax.axis("off")
     fig.suptitle(report["meta"]["device"] + f", torch {report['meta']['torch']}", fontsize=10)

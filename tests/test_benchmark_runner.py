@@ -206,3 +206,22 @@ def test_packed_sweep_and_the_gpu_summary(tmp_path):
     assert "## standard: packed (float32): target 5.0x over nn.RNN" in summary
     assert "Lowest speedup" in summary
     assert summary.count("| float32 | forward+backward | 3 | 8 |") == 2  # packed / padded rows
+
+
+def test_the_plot_says_what_was_not_timed_and_why():
+    from benchmarks.report import _not_timed
+
+    results = [
+        {"seq_len": 16, "implementation": "rnnkern", "status": "ok"},
+        {
+            "seq_len": 4096,
+            "implementation": "RNNCell-loop",
+            "status": "skipped",
+            "note": "too slow",
+        },
+        {"seq_len": 1024, "implementation": "RNNCell-loop", "status": "skipped", "note": "x"},
+    ]
+    text = _not_timed(results)
+    assert "RNNCell-loop not plotted at seq len 4096, 1024, skipped: too slow" in text
+    assert "rnnkern" not in text
+    assert _not_timed(results[:1]) == ""
