@@ -17,6 +17,7 @@ runner can check it against nn.RNN and time it the same way:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,18 +41,8 @@ class Implementation:
 
 
 def build_rnnkern(reference: nn.RNN) -> RnnFn:
-    module = rnnkern.RNN(
-        reference.input_size,
-        reference.hidden_size,
-        reference.num_layers,
-        nonlinearity=reference.nonlinearity,
-        bias=reference.bias,
-        bidirectional=reference.bidirectional,
-        device=reference.weight_ih_l0.device,
-        dtype=reference.weight_ih_l0.dtype,
-    )
-    module.load_state_dict(reference.state_dict())
-    return module
+    # A copy: the timed modules must not share parameters (or their .grad) with the reference.
+    return rnnkern.replace_rnns(copy.deepcopy(reference))
 
 
 def build_nn_rnn(reference: nn.RNN) -> RnnFn:

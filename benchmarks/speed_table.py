@@ -13,6 +13,7 @@ drift from minute to minute).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -43,8 +44,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> d
 def measure(batch: int, hidden: int, seq_len: int, repeats: int) -> dict:
     torch.manual_seed(0)
     theirs = nn.RNN(hidden, hidden)
-    ours = rnnkern.RNN(hidden, hidden)
-    ours.load_state_dict(theirs.state_dict())
+    ours = rnnkern.replace_rnns(copy.deepcopy(theirs))
     x = torch.randn(seq_len, batch, hidden)
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], theirs(x)[0], atol=1e-4, rtol=1e-4)

@@ -44,8 +44,7 @@ struct Kernels {
 const Kernels<float>& generic_kernels_f32();
 const Kernels<double>& generic_kernels_f64();
 #if defined(__x86_64__) || defined(_M_X64)
-#define RNNKERN_HAVE_AVX2_KERNELS 1
-#define RNNKERN_HAVE_AVX512_KERNELS 1
+#define RNNKERN_HAVE_X86_KERNELS 1
 const Kernels<float>& avx2_kernels_f32();
 const Kernels<double>& avx2_kernels_f64();
 const Kernels<float>& avx512_kernels_f32();

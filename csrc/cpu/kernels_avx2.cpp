@@ -7,7 +7,7 @@
 // CPU.
 #include "kernels.h"
 
-#if defined(RNNKERN_HAVE_AVX2_KERNELS)
+#if defined(RNNKERN_HAVE_X86_KERNELS)
 
 #include <immintrin.h>
 
@@ -46,4 +46,4 @@ const Kernels<double>& avx2_kernels_f64() {
 #pragma GCC pop_options
 #endif
 
-#endif  // RNNKERN_HAVE_AVX2_KERNELS
+#endif  // RNNKERN_HAVE_X86_KERNELS

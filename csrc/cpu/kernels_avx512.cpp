@@ -7,7 +7,7 @@
 // an older CPU.
 #include "kernels.h"
 
-#if defined(RNNKERN_HAVE_AVX512_KERNELS)
+#if defined(RNNKERN_HAVE_X86_KERNELS)
 
 // GCC 12's own avx512fintrin.h trips -W(maybe-)uninitialized (its _mm512_undefined_* idiom) once
 // inlined into our code; the warning is about the compiler's header, not this file.
@@ -48,4 +48,4 @@ const Kernels<float>& avx512_kernels_f32() {
 #pragma GCC pop_options
 #endif
 
-#endif  // RNNKERN_HAVE_AVX512_KERNELS
+#endif  // RNNKERN_HAVE_X86_KERNELS

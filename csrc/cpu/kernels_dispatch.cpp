@@ -12,7 +12,7 @@ enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 
 // The best instruction set this CPU has, among those this build has kernels for.
 Isa cpu_isa() {
-#if defined(RNNKERN_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+#if defined(RNNKERN_HAVE_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return Isa::kGeneric;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
@@ -42,7 +42,7 @@ Isa chosen_isa() {
 
 template <>
 const Kernels<float>& kernels<float>() {
-#if defined(RNNKERN_HAVE_AVX2_KERNELS)
+#if defined(RNNKERN_HAVE_X86_KERNELS)
   if (chosen_isa() == Isa::kAvx512) return avx512_kernels_f32();
   if (chosen_isa() == Isa::kAvx2) return avx2_kernels_f32();
 #endif
@@ -52,7 +52,7 @@ const Kernels<float>& kernels<float>() {
 template <>
 const Kernels<double>& kernels<double>() {
   // float64 serves accuracy (gradcheck, references), not speed: AVX2 is as far as it goes.
-#if defined(RNNKERN_HAVE_AVX2_KERNELS)
+#if defined(RNNKERN_HAVE_X86_KERNELS)
   if (chosen_isa() != Isa::kGeneric) return avx2_kernels_f64();
 #endif
   return generic_kernels_f64();
