@@ -1,7 +1,7 @@
 // The per-step CPU kernels of the Elman recurrence, as a table of function pointers.
 //
-// Each instruction set (AVX2+FMA, and a portable generic build) fills one table from the same
-// templated code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU
+// Each instruction set (AVX-512, AVX2+FMA, and a portable generic build) fills one table from the
+// same templated code in kernels_impl.h; kernels_dispatch.cpp picks the best table the running CPU
 // supports, once. The drivers (elman_forward_cpu.cpp, elman_backward_cpu.cpp) only ever see this
 // header.
 #pragma once
