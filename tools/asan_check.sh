@@ -24,5 +24,5 @@ export LD_PRELOAD
 LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 # --capture=sys: ASan writes its report to file descriptor 2, which must not be captured.
-"$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/test_fuzz.py tests/test_properties.py \
-  tests/test_errors.py tests/test_packed.py tests/test_persistent_emulation.py
+"$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/ops/test_fuzz.py tests/module/test_properties.py \
+  tests/module/test_errors.py tests/module/test_packed.py tests/cuda/test_persistent_emulation.py

@@ -4,7 +4,7 @@
 # cannot be reached, such as the accelerator machine of DEVELOPERS.md).
 #
 #   1. builds rnnkern._C in place for this GPU's architecture (and sm_80/sm_90 as always);
-#   2. runs the whole test suite with the CUDA kernels enabled (tests/test_cuda.py runs instead of
+#   2. runs the whole test suite with the CUDA kernels enabled (tests/cuda/test_cuda.py runs instead of
 #      skipping), log in $OUT_DIR/tests.log;
 #   3. runs the GPU benchmark (benchmarks/gpu_sweep.py): results.json, throughput.png, SUMMARY.md
 #      and bench.log in $OUT_DIR.

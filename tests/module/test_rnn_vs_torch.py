@@ -6,7 +6,8 @@ import random
 
 import pytest
 import torch
-from conftest import GRAD_TOL, RNN_ARGS, TOL, assert_close, grads, rnn_pair
+
+from tests.conftest import GRAD_TOL, RNN_ARGS, TOL, assert_close, grads, rnn_pair
 
 
 def random_configs(count: int, seed: int) -> list[dict]:

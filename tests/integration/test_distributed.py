@@ -28,11 +28,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TOL
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import rnnkern
+from tests.conftest import TOL
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

@@ -11,11 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
-from test_properties import PROPERTY_SETTINGS, configurations, drawn_modules
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
+from tests.module.test_properties import PROPERTY_SETTINGS, configurations, drawn_modules
 
 TOL = {
     torch.float64: dict(atol=1e-9, rtol=1e-7),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
+
+from tests.conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -8,12 +8,12 @@ import copy
 
 import pytest
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, rnn_pair, run_in_fresh_process
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 from torch.utils._pytree import tree_leaves
 
 import rnnkern
+from tests.conftest import GRAD_TOL, TOL, assert_close, rnn_pair, run_in_fresh_process
 
 
 class Tagger(nn.Module):

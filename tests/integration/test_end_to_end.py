@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import rnnkern
+from tests.conftest import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+sys.path.insert(0, str(ROOT / "examples"))
 from sine_to_cosine import SineToCosine, train  # noqa: E402
 
 

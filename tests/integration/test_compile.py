@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, rnn_pair
 from torch import nn
 
 import rnnkern
+from tests.conftest import GRAD_TOL, TOL, assert_close, rnn_pair
 
 
 class Regressor(nn.Module):

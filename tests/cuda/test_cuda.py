@@ -2,8 +2,8 @@
 per-step) against nn.RNN (cuDNN), the CPU kernels in float64, the NumPy reference and gradcheck.
 
 Skipped, with the reason, where torch sees no GPU or this build has no CUDA kernels; the launch
-plan and the persistent recurrences are checked without a GPU by test_launch_plan.py and
-test_persistent_emulation.py. The last tests run everywhere.
+plan and the persistent recurrences are checked without a GPU by tests/cuda/test_launch_plan.py and
+tests/cuda/test_persistent_emulation.py. The last tests run everywhere.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import needs_gpu
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
 from rnnkern import _ops, reference
+from tests.conftest import needs_gpu
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Against a float64 reference: float32 arithmetic; half and bfloat16 with float32 accumulation and

@@ -28,17 +28,15 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TOL, assert_close, rnn_pair
 
 from rnnkern import reference
+from tests.conftest import ROOT, TOL, assert_close, rnn_pair
 
 MiB = 2**20
-REPO = Path(__file__).resolve().parents[1]
 LINUX_PROC = os.path.exists("/proc/self/statm") and os.path.exists("/proc/self/clear_refs")
 
 # The shape of the scaling measurements: batch 4, hidden 64, input 8, float32.
@@ -164,7 +162,7 @@ def peak_growth(impl: str, mode: str, T: int) -> int:
     """Peak resident memory (bytes) one step adds, measured in a fresh subprocess."""
     result = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, impl, mode, str(T), str(B), str(H), str(I)],
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,7 +3,7 @@ out, the same values, and float32 gradients for the float32 parameters.
 
 On the CPU, autocast runs nn.RNN in its lower-precision dtype; rnnkern has no CPU kernel for
 bfloat16 or float16, so it hands such calls to torch's own RNN, which applies autocast's rules
-itself (rnnkern/modules.py: _kernel_dtype). tests/test_cuda.py checks CUDA autocast, where the
+itself (rnnkern/modules.py: _kernel_dtype). tests/cuda/test_cuda.py checks CUDA autocast, where the
 CUDA kernels run the cast call.
 """
 
@@ -13,11 +13,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import rnn_pair
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
+from tests.conftest import rnn_pair
 
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOL, assert_close, rnn_pair
 from torch import nn
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
+from tests.conftest import TOL, assert_close, rnn_pair
 
 BAD_RNN_CALLS = [
     # (name, input, hx, exception type, message pattern)

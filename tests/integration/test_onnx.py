@@ -11,11 +11,11 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from conftest import RNN_ARGS
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkern
+from tests.conftest import RNN_ARGS
 
 ONNX_TOL = {"atol": 1e-5, "rtol": 1e-5}
 

@@ -9,12 +9,12 @@ threads and (from the compiler's report) registers.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rnnkern import _C
+from tests.conftest import ROOT
 
 P = _C.persistent
 
@@ -130,7 +130,7 @@ def test_unknown_algorithm_is_a_clear_error():
 
 
 def resource_report() -> list[dict]:
-    text = (Path(__file__).parent.parent / "csrc" / "cuda" / "RESOURCES.md").read_text()
+    text = (ROOT / "csrc" / "cuda" / "RESOURCES.md").read_text()
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]

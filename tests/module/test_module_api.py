@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 from torch import nn
 
 import rnnkern
+from tests.conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 
 
 @pytest.mark.parametrize(

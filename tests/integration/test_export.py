@@ -5,8 +5,9 @@ lengths than the exported one."""
 from __future__ import annotations
 
 import torch
-from conftest import TOL, assert_close, rnn_pair, run_in_fresh_process
 from torch import nn
+
+from tests.conftest import TOL, assert_close, rnn_pair, run_in_fresh_process
 
 
 class Model(nn.Module):

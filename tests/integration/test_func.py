@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from conftest import rnn_pair
 from torch import nn
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vjp, vmap
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
+from tests.conftest import rnn_pair
 
 DT = torch.float64
 TOL = dict(atol=1e-10, rtol=1e-8)

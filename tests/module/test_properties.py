@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import RNN_ARGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_reference import run_reference
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkern
+from tests.conftest import RNN_ARGS
+from tests.module.test_reference import run_reference
 
 PROPERTY_SETTINGS = settings(
     max_examples=300,

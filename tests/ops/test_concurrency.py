@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 from torch.nn.utils.rnn import pack_sequence
 
 import rnnkern
+from tests.conftest import GRAD_TOL, TOL, assert_close, grads, rnn_pair
 
 THREADS = 4
 REPEATS = 5  # concurrent rounds per test, to give a race more chances to show

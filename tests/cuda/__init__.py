@@ -1,0 +1,1 @@
+"""The CUDA kernels: on a GPU, and their launch plan and recurrences checked on the CPU."""
