@@ -77,6 +77,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.run",
         description="Throughput of rnnkern.RNN and its alternatives across sequence lengths.",
     )
+    # Added in this order so that --help lists them so: what runs, its shapes, what is compared
+    # and how it is timed, then the outputs.
+    add_device_arguments(parser)
+    add_shape_arguments(parser)
+    add_comparison_arguments(parser)
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    complete_implementations(args)
+    check_arguments(parser, args)
+    return args
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the sweep runs, in which dtype, and which unit of work is timed."""
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument(
         "--device",
@@ -99,6 +113,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="any of: inference (forward under torch.no_grad), forward (forward with autograd "
         "recording), forward+backward (one training step); default: forward+backward",
     )
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The swept shapes (batch, hidden, sequence length) and the fixed shape of the layers."""
     parser.add_argument(
         "--batch-sizes",
         nargs="+",
@@ -143,6 +161,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="variable-length batches as a PackedSequence: lengths drawn between half the "
         "sequence length and all of it (the longest is the full length)",
     )
+
+
+def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is compared, how often each is timed, and when a point or an implementation is
+    skipped rather than timed."""
     parser.add_argument(
         "--implementations",
         nargs="+",
@@ -179,6 +202,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="skip points whose estimated memory exceeds this fraction of the "
         "free memory (default: 0.5)",
     )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the results go, and what is printed on the way."""
     parser.add_argument(
         "--out",
         default="bench-out",
@@ -186,11 +213,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    args = parser.parse_args(argv)
+
+
+def complete_implementations(args: argparse.Namespace) -> None:
+    """Fills in the default implementations (all that run on the device) and puts the baseline
+    first where it was not named: every speedup is relative to it."""
     if args.implementations is None:
         args.implementations = [n for n, i in IMPLEMENTATIONS.items() if args.device in i.devices]
     if BASELINE not in args.implementations:
         args.implementations.insert(0, BASELINE)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects, through argparse's usage error, what argparse's types and choices let through."""
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available to torch here")
     for name in ("batch_sizes", "hidden_sizes", "seq_lens"):
@@ -198,7 +233,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must all be positive")
     if args.repeats < 1 or args.warmup < 0 or args.layers < 1:
         parser.error("--repeats and --layers must be >= 1, --warmup >= 0")
-    return args
 
 
 def configs(args: argparse.Namespace) -> list[Config]:
@@ -317,6 +351,35 @@ def measure_point(
             for name in implementations
         ]
 
+    reference, x, h0 = point_inputs(config, seq_len, device, dtype)
+    reference_output = oracle_output(reference, x, h0)
+    results, calls = {}, {}
+    for name in implementations:
+        entry = {**base, "implementation": name}
+        reason = too_slow[name] if name in too_slow else unsupported_reason(name, config)
+        if reason is not None:
+            entry.update(status="skipped", note=reason)
+        else:
+            call = checked_call(name, entry, reference, reference_output, x, h0, config)
+            if call is not None:
+                calls[name] = call
+        results[name] = entry
+
+    times = time_calls(calls, results, device, repeats, warmup)
+    add_rates(results, times, config, seq_len, gemm)
+    # Which kernels ran does not change with the length: profiled at short lengths only.
+    if device.type == "cuda" and seq_len <= PROFILED_SEQ_LEN:
+        # Only the calls that were timed: none where timing failed.
+        add_cuda_details(results, {name: calls[name] for name in times}, config)
+    return [results[name] for name in implementations]
+
+
+def point_inputs(
+    config: Config, seq_len: int, device: torch.device, dtype: torch.dtype
+) -> tuple[nn.RNN, torch.Tensor | PackedSequence, torch.Tensor]:
+    """nn.RNN (whose weights every implementation gets), the input and h0 for one point.
+
+    Seeded with the length, so every implementation and every run sees the same point."""
     torch.manual_seed(seq_len)
     reference = nn.RNN(
         config.input_size,
@@ -335,73 +398,96 @@ def measure_point(
     if config.mode == "forward+backward":
         x.requires_grad_()
     if config.packed:
-        gen = torch.Generator().manual_seed(seq_len)
-        lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (config.batch,), generator=gen)
-        lengths = lengths.sort(descending=True).values
-        lengths[0] = seq_len
-        packed = pack_padded_sequence(x.detach(), lengths)
-        # A leaf, so that every timed backward has its own graph to run.
-        x = PackedSequence(packed.data.requires_grad_(x.requires_grad), packed.batch_sizes)
+        x = packed_input(x, seq_len, config.batch)
+    return reference, x, h0
+
+
+def packed_input(x: torch.Tensor, seq_len: int, batch: int) -> PackedSequence:
+    """x as a PackedSequence of lengths drawn between half the length and all of it, the longest
+    the full length (so the point's length is the one timed)."""
+    gen = torch.Generator().manual_seed(seq_len)
+    lengths = torch.randint(max(1, seq_len // 2), seq_len + 1, (batch,), generator=gen)
+    lengths = lengths.sort(descending=True).values
+    lengths[0] = seq_len
+    packed = pack_padded_sequence(x.detach(), lengths)
+    # A leaf, so that every timed backward has its own graph to run.
+    return PackedSequence(packed.data.requires_grad_(x.requires_grad), packed.batch_sizes)
+
+
+def oracle_output(reference: nn.RNN, x, h0: torch.Tensor):
+    """nn.RNN's output and h_n, which every implementation is checked against."""
     # The oracle in full precision: cuDNN's default TF32 for float32 would be off by about 1e-3.
-    # (nn.RNN is timed below with the defaults a user gets.)
+    # (nn.RNN is timed with the defaults a user gets.)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.no_grad():
-            reference_output = reference(x, h0)
+            return reference(x, h0)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
 
-    results, calls = {}, {}
-    for name in implementations:
-        entry = {**base, "implementation": name}
-        if name in too_slow:
-            entry.update(status="skipped", note=too_slow[name])
-            results[name] = entry
-            continue
-        impl = IMPLEMENTATIONS[name]
-        unsupported = (
-            f"does not run on {config.device}"
-            if config.device not in impl.devices
-            else "takes no PackedSequence"
-            if config.packed and not impl.packed
-            else "has no backward"
-            if config.mode == "forward+backward" and not impl.backward
-            else None
-        )
-        if unsupported:
-            entry.update(status="skipped", note=f"{name} {unsupported}")
-            results[name] = entry
-            continue
-        try:
-            fn = impl.build(reference)
-            error = check(fn, reference_output, x, h0, dtype) if impl.checked else math.nan
-            entry["max_abs_error"] = error
-            if impl.checked and not error <= CHECK_TOLERANCE[dtype]:
-                entry.update(status="wrong", note=f"differs from nn.RNN by {error:.3g}")
-            else:
-                call = make_call(fn, x, h0, config.mode)
-                call()  # the timed call once, backward included: a failure here is a result
-                entry["status"] = "ok"
-                if not impl.checked:
-                    entry["note"] = "output not checked (a floor, wrong by design)"
-                calls[name] = call
-        except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
-            entry.update(status="skipped", note=f"out of memory: {str(e)[:120]}")
-        except Exception as e:  # noqa: BLE001 - a failing implementation is a result, not a crash
-            entry.update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
-        results[name] = entry
 
+def unsupported_reason(name: str, config: Config) -> str | None:
+    """Why an implementation cannot run this configuration at all; None where it can."""
+    impl = IMPLEMENTATIONS[name]
+    if config.device not in impl.devices:
+        return f"{name} does not run on {config.device}"
+    if config.packed and not impl.packed:
+        return f"{name} takes no PackedSequence"
+    if config.mode == "forward+backward" and not impl.backward:
+        return f"{name} has no backward"
+    return None
+
+
+def checked_call(name: str, entry: dict, reference: nn.RNN, reference_output, x, h0, config):
+    """The call to time for one implementation, once its output matched nn.RNN's and one call
+    (backward included) ran; None where it did not. Either way `entry` records what happened:
+    a wrong or failing implementation is a result of the benchmark, not a crash of it."""
+    impl, dtype = IMPLEMENTATIONS[name], DTYPES[config.dtype]
     try:
-        times = interleaved(calls, device, repeats, warmup)
+        fn = impl.build(reference)
+        error = check(fn, reference_output, x, h0, dtype) if impl.checked else math.nan
+        entry["max_abs_error"] = error
+        if impl.checked and not error <= CHECK_TOLERANCE[dtype]:
+            entry.update(status="wrong", note=f"differs from nn.RNN by {error:.3g}")
+            return None
+        call = make_call(fn, x, h0, config.mode)
+        call()  # the timed call once, backward included: a failure here is a result
+        entry["status"] = "ok"
+        if not impl.checked:
+            entry["note"] = "output not checked (a floor, wrong by design)"
+        return call
+    except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
+        entry.update(status="skipped", note=f"out of memory: {str(e)[:120]}")
+    except Exception as e:  # noqa: BLE001 - a failing implementation is a result, not a crash
+        entry.update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
+    return None
+
+
+def time_calls(
+    calls: dict, results: dict[str, dict], device: torch.device, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """The calls' times, interleaved; none where timing failed, which the calls' results record."""
+    try:
+        return interleaved(calls, device, repeats, warmup)
     except torch.OutOfMemoryError as e:  # type: ignore[attr-defined]
         for name in calls:
             results[name].update(status="skipped", note=f"out of memory: {str(e)[:120]}")
-        times, calls = {}, {}
     except Exception as e:  # noqa: BLE001 - one failing point must not end the sweep
         for name in calls:
             results[name].update(status="error", note=f"{type(e).__name__}: {str(e)[:200]}")
-        times, calls = {}, {}
+    return {}
+
+
+def add_rates(
+    results: dict[str, dict],
+    times: dict[str, list[float]],
+    config: Config,
+    seq_len: int,
+    gemm: float,
+) -> None:
+    """Adds each timed implementation's times, their spread and the rates derived from the
+    median: per step, tokens per second, GFLOP/s, against a GEMM, and the speedup over nn.RNN."""
     flops = mode_flops(config, seq_len)
     baseline = summary(times[BASELINE])["median_s"] if BASELINE in times else None
     for name, t in times.items():
@@ -416,17 +502,19 @@ def measure_point(
             fraction_of_gemm=flops / median / 1e9 / gemm,
             speedup_vs_nn_rnn=(baseline / median) if baseline else None,
         )
-    # Which kernels ran does not change with the length: profiled at short lengths only.
-    if device.type == "cuda" and seq_len <= PROFILED_SEQ_LEN:
-        for name in (BASELINE, "rnnkern"):
-            if name in calls:
-                try:
-                    results[name]["cuda_kernels"] = cuda_kernel_names(calls[name])
-                except Exception as e:  # noqa: BLE001 - the profiler is a nicety
-                    results[name]["cuda_kernels"] = [f"profiler failed: {type(e).__name__}"]
-        if "rnnkern" in results:
-            results["rnnkern"]["algorithm"] = rnnkern_algorithm(config)
-    return [results[name] for name in implementations]
+
+
+def add_cuda_details(results: dict[str, dict], timed: dict, config: Config) -> None:
+    """Adds the CUDA kernels nn.RNN and rnnkern launched (of the timed calls) and the algorithm
+    rnnkern's kernels chose."""
+    for name in (BASELINE, "rnnkern"):
+        if name in timed:
+            try:
+                results[name]["cuda_kernels"] = cuda_kernel_names(timed[name])
+            except Exception as e:  # noqa: BLE001 - the profiler is a nicety
+                results[name]["cuda_kernels"] = [f"profiler failed: {type(e).__name__}"]
+    if "rnnkern" in results:
+        results["rnnkern"]["algorithm"] = rnnkern_algorithm(config)
 
 
 def cuda_kernel_names(call) -> list[str]:
@@ -462,7 +550,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     gemm = gemm_gflops(device, dtype)
-    meta = {
+    meta = run_metadata(device, gemm, argv)
+    print(
+        f"{meta['device']}, torch {meta['torch']}, rnnkern {meta['rnnkern']} "
+        f"({meta['rnnkern_cpu_isa']}); one {args.dtype} GEMM runs at {gemm:.0f} GFLOP/s"
+    )
+
+    all_configs = configs(args)
+    total = len(all_configs) * len(args.seq_lens)
+    report = {"meta": meta, "configs": []}
+    for index, config in enumerate(all_configs):
+        rows = sweep_seq_lens(config, args, gemm, index * len(args.seq_lens), total)
+        report["configs"].append({"config": asdict(config), "results": rows})
+        print(table(config, rows))
+    write_outputs(report, Path(args.out), plot=not args.no_plot)
+    return report
+
+
+def run_metadata(device: torch.device, gemm: float, argv: Sequence[str] | None) -> dict:
+    """What a result depends on besides its configuration: the machine, the versions, the GEMM
+    rate the FLOP rates are compared with, and the command that produced it."""
+    return {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
@@ -474,63 +582,64 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "gemm_gflops": gemm,
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    print(
-        f"{meta['device']}, torch {meta['torch']}, rnnkern {meta['rnnkern']} "
-        f"({meta['rnnkern_cpu_isa']}); one {args.dtype} GEMM runs at {gemm:.0f} GFLOP/s"
-    )
 
-    all_configs = configs(args)
-    total = len(all_configs) * len(args.seq_lens)
-    done = 0
-    report = {"meta": meta, "configs": []}
-    for config in all_configs:
-        rows = []
-        last: dict[str, tuple[int, float]] = {}  # implementation -> (seq len, seconds per call)
-        for seq_len in sorted(args.seq_lens):
-            progress(
-                done,
-                total,
-                f"{config.mode} batch {config.batch} hidden {config.hidden} seq {seq_len}",
-                args.quiet,
-            )
-            too_slow = {
-                name: f"about {t * seq_len / n:.1f} s per call predicted from seq len "
-                f"{n} (over --max-call-seconds {args.max_call_seconds})"
-                for name, (n, t) in last.items()
-                if name != BASELINE and t * seq_len / n > args.max_call_seconds
-            }
-            point = measure_point(
-                config,
-                seq_len,
-                args.implementations,
-                args.repeats,
-                args.warmup,
-                args.memory_fraction,
-                gemm,
-                too_slow,
-            )
-            last.update(
-                {
-                    r["implementation"]: (seq_len, r["median_s"])
-                    for r in point
-                    if r["status"] == "ok"
-                }
-            )
-            rows += point
-            done += 1
-        progress(done, total, "done", args.quiet)
-        report["configs"].append({"config": asdict(config), "results": rows})
-        print(table(config, rows))
 
-    out = Path(args.out)
+def sweep_seq_lens(
+    config: Config, args: argparse.Namespace, gemm: float, done: int, total: int
+) -> list[dict]:
+    """Every sequence length of one configuration, shortest first, so that each implementation's
+    time at one length predicts whether the next is worth timing. `done` of `total` points were
+    measured before (for the progress line)."""
+    rows = []
+    last: dict[str, tuple[int, float]] = {}  # implementation -> (seq len, seconds per call)
+    for seq_len in sorted(args.seq_lens):
+        progress(
+            done,
+            total,
+            f"{config.mode} batch {config.batch} hidden {config.hidden} seq {seq_len}",
+            args.quiet,
+        )
+        point = measure_point(
+            config,
+            seq_len,
+            args.implementations,
+            args.repeats,
+            args.warmup,
+            args.memory_fraction,
+            gemm,
+            predicted_too_slow(last, seq_len, args.max_call_seconds),
+        )
+        last.update(
+            {r["implementation"]: (seq_len, r["median_s"]) for r in point if r["status"] == "ok"}
+        )
+        rows += point
+        done += 1
+    progress(done, total, "done", args.quiet)
+    return rows
+
+
+def predicted_too_slow(
+    last: dict[str, tuple[int, float]], seq_len: int, max_call_seconds: float
+) -> dict[str, str]:
+    """The implementations (never the baseline) whose call at `seq_len` is predicted, linearly
+    from their last timed length, to take over `max_call_seconds`, each with the reason."""
+    return {
+        name: f"about {t * seq_len / n:.1f} s per call predicted from seq len "
+        f"{n} (over --max-call-seconds {max_call_seconds})"
+        for name, (n, t) in last.items()
+        if name != BASELINE and t * seq_len / n > max_call_seconds
+    }
+
+
+def write_outputs(report: dict, out: Path, plot: bool) -> None:
+    """Writes results.json and, unless told not to, throughput.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
     written = [str(out / "results.json")]
-    if not args.no_plot:
+    if plot:
         plot_throughput(report, out / "throughput.png")
         written.append(str(out / "throughput.png"))
     print("wrote " + ", ".join(written))
-    return report
 
 
 if __name__ == "__main__":
