@@ -190,43 +190,68 @@ class RNN(nn.RNNBase):
 
     def forward(self, input, hx=None):
         """Runs the RNN over ``input`` from state ``hx``; see the class docstring for shapes."""
-        directions = 2 if self.bidirectional else 1
-        batched = True
-        batch_dim = 0 if self.batch_first else 1
         if isinstance(input, PackedSequence):
-            if not torch.jit.is_scripting():
-                onnx_export.refuse_packed_input()
-            data, batch_sizes, sorted_indices, unsorted_indices = input
-            batch = int(batch_sizes[0])
+            return self._forward_packed(input, hx)
+        return self._forward_tensor(input, hx)
+
+    def _forward_packed(
+        self, input: PackedSequence, hx: Optional[Tensor]
+    ) -> tuple[PackedSequence, Tensor]:
+        """A PackedSequence: the layers run on its rows sorted by length, longest first, so hx
+        (given in the caller's batch order) is sorted the same way going in, and h_n unsorted
+        coming out."""
+        if not torch.jit.is_scripting():
+            onnx_export.refuse_packed_input()
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is not None:
+            hx = self.permute_hidden(hx, sorted_indices)
+        output, h_n = self._layers(data, hx, int(batch_sizes[0]), batch_sizes)
+        h_n = self.permute_hidden(h_n, unsorted_indices)
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), h_n
+
+    def _forward_tensor(self, input: Tensor, hx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """A padded (or unbatched) tensor: an unbatched call runs as a batch of one."""
+        batched = self._check_dims(input, hx)
+        batch_dim = 0 if self.batch_first else 1
+        data = input
+        if not batched:
+            data = data.unsqueeze(batch_dim)
             if hx is not None:
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            data = input
-            batch_sizes = None
-            sorted_indices = None
-            unsorted_indices = None
-            if data.dim() not in (2, 3):
-                raise ValueError(
-                    f"rnnkern.RNN: Expected input to be 2D or 3D, got {data.dim()}D tensor instead "
-                    f"(shape {list(data.shape)}): (L, H_in) unbatched or (L, N, H_in) batched"
-                )
-            batched = data.dim() == 3
-            if not batched:
-                data = data.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            "rnnkern.RNN: For unbatched 2-D input, hx should also be 2-D but got "
-                            f"{hx.dim()}-D tensor (num_layers * num_directions, hidden_size)"
-                        )
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError(
-                    "rnnkern.RNN: For batched 3-D input, hx should also be 3-D but got "
-                    f"{hx.dim()}-D tensor (num_layers * num_directions, batch, hidden_size)"
-                )
-            batch = data.size(batch_dim)
+                hx = hx.unsqueeze(1)
+        output, h_n = self._layers(data, hx, data.size(batch_dim), None)
+        if not batched:
+            output = output.squeeze(batch_dim)
+            h_n = h_n.squeeze(1)
+        return output, h_n
+
+    def _check_dims(self, input: Tensor, hx: Optional[Tensor]) -> bool:
+        """Whether the input is batched, once it and hx have dimensions that agree: nn.RNN's
+        checks, in its order and with its words."""
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"rnnkern.RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead "
+                f"(shape {list(input.shape)}): (L, H_in) unbatched or (L, N, H_in) batched"
+            )
+        batched = input.dim() == 3
+        if not batched and hx is not None and hx.dim() != 2:
+            raise RuntimeError(
+                "rnnkern.RNN: For unbatched 2-D input, hx should also be 2-D but got "
+                f"{hx.dim()}-D tensor (num_layers * num_directions, hidden_size)"
+            )
+        if batched and hx is not None and hx.dim() != 3:
+            raise RuntimeError(
+                "rnnkern.RNN: For batched 3-D input, hx should also be 3-D but got "
+                f"{hx.dim()}-D tensor (num_layers * num_directions, batch, hidden_size)"
+            )
+        return batched
+
+    def _layers(
+        self, data: Tensor, hx: Optional[Tensor], batch: int, batch_sizes: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Every layer on batched data (sequence-first, batch-first, or packed rows with their
+        batch_sizes), from hx or zeros, after nn.RNN's checks of the shapes and devices."""
         if hx is None:
+            directions = 2 if self.bidirectional else 1
             hx = torch.zeros(
                 self.num_layers * directions,
                 batch,
@@ -242,17 +267,8 @@ class RNN(nn.RNNBase):
                 f"{data.device}"
             )
         if torch.jit.is_scripting():
-            output, h_n = self._scripted_layers(data, hx, batch_sizes)
-        else:
-            output, h_n = self._eager_layers(data, hx, batch_sizes)
-
-        if not batched:
-            output = output.squeeze(batch_dim)
-            h_n = h_n.squeeze(1)
-        h_n = self.permute_hidden(h_n, unsorted_indices)
-        if isinstance(input, PackedSequence):
-            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), h_n
-        return output, h_n
+            return self._scripted_layers(data, hx, batch_sizes)
+        return self._eager_layers(data, hx, batch_sizes)
 
     def _scripted_layers(
         self, data: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
