@@ -40,7 +40,7 @@ format: $(INSTALLED)
 	$(VENV)/bin/clang-format -i $$(git ls-files --cached --others --exclude-standard 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 'csrc/*.cuh')
 
 clean:
-	rm -rf build rnnkern/_C*.so *.egg-info
+	rm -rf build rnnkern/_C*.so rnnkern/_testing*.so *.egg-info
 
 # The main job: the benchmark runner's default sweep (1-2 minutes on 2 cores); results in bench-out/.
 bench: build

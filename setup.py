@@ -1,4 +1,5 @@
-"""Builds rnnkern's compiled extension rnnkern._C (the package's metadata is in pyproject.toml).
+"""Builds rnnkern's compiled extensions (the package's metadata is in pyproject.toml): rnnkern._C, the
+operators and kernels, and rnnkern._testing, hooks that only the tests import.
 
 The C++ sources in csrc/ (the operator schemas and the CPU kernels) are always built. CUDA sources
 (csrc/cuda/*.cu) are added when this torch is a CUDA build and nvcc is found; the decision does not
@@ -90,9 +91,11 @@ def extension_modules():
     debug = os.environ.get("RNNKERN_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_sources = sorted(
-        glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/persistent/*.cpp")
+        glob.glob("csrc/*.cpp") + glob.glob("csrc/layer/*.cpp") + glob.glob("csrc/cpu/*.cpp")
     )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    # The test-only module: the persistent kernels' plan and CPU emulation, built with or without CUDA.
+    testing_sources = sorted(glob.glob("csrc/testing/*.cpp"))
     # Warnings are errors in our code only: torch's headers go in as system headers (GCC then ignores
     # the -I cpp_extension also adds for them).
     system_includes = [f"-isystem{p}" for p in cpp_extension.include_paths()]
@@ -101,16 +104,18 @@ def extension_modules():
     sanitizer = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else []
     cxx_flags = [*opt, "-fopenmp", "-Wall", "-Wextra", *werror, *sanitizer, *system_includes]
 
+    def cpp_extension_module(name: str, sources: list[str]):
+        return cpp_extension.CppExtension(
+            name,
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp", *sanitizer],
+        )
+
+    testing = cpp_extension_module("rnnkern._testing", testing_sources)
     cuda_home = build_with_cuda(torch, cuda_sources)
     if cuda_home is None:
-        return [
-            cpp_extension.CppExtension(
-                "rnnkern._C",
-                cxx_sources,
-                extra_compile_args={"cxx": cxx_flags},
-                extra_link_args=["-fopenmp", *sanitizer],
-            )
-        ]
+        return [cpp_extension_module("rnnkern._C", cxx_sources), testing]
 
     # torch.utils.cpp_extension reads these at import; set them before it builds anything.
     os.environ["CUDA_HOME"] = str(cuda_home)
@@ -136,7 +141,8 @@ def extension_modules():
                 ],
             },
             extra_link_args=["-fopenmp"],
-        )
+        ),
+        testing,
     ]
 
 

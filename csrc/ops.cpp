@@ -1,5 +1,6 @@
-// The rnnkern operators: declared once here, implemented per device (cpu/register_cpu.cpp,
-// cuda/elman_cuda.cu), with autograd in autograd.cpp and fake tensors in rnnkern/_ops.py.
+// The rnnkern operators: declared once here, implemented per device as a time loop handed to the
+// layer driver (layer/layer_driver.h; cpu/register_cpu.cpp, cuda/elman_cuda.cu), with autograd in
+// autograd.cpp and fake tensors in rnnkern/_ops.py. Also the Python module rnnkern._C.
 //
 // Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is
 // (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See elman_layer_args.h.
@@ -16,11 +17,15 @@
 
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/kernels.h"
-#include "elman_layer_args.h"
-#include "persistent/testing.h"
+#include "layer/kernel_dtypes.h"
+#include "layer/layer_args.h"
+#if defined(RNNKERN_WITH_CUDA)
+#include "cuda/persistent_launch.h"
+#endif
 
 TORCH_LIBRARY(rnnkern, m) {
   m.def(
@@ -32,6 +37,17 @@ TORCH_LIBRARY(rnnkern, m) {
       " bool[4] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih,"
       " Tensor grad_weight_hh, Tensor grad_bias)");
 }
+
+namespace {
+
+// "float32" -> at::kFloat, among the dtypes any kernel supports.
+[[maybe_unused]] at::ScalarType dtype_named(const std::string& name) {
+  for (at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
+    if (name == c10::getDtypeNames(t).first) return t;
+  throw std::invalid_argument("not a floating-point dtype name: " + name);
+}
+
+}  // namespace
 
 // The Python module only has to exist (importing it runs the registrations above); it also tells
 // which CPU kernels this process uses.
@@ -62,7 +78,31 @@ PYBIND11_MODULE(_C, module) {
       },
       "elman_layer's argument checks alone, for the path that does not reach the operator "
       "(rnnkern/composite.py); raises RuntimeError as the operator does.");
-  pybind11::module_ persistent = module.def_submodule(
-      "persistent", "The CUDA persistent kernels' launch plan and CPU emulation, for tests");
-  rnnkern::persistent::add_testing_functions(persistent);
+  module.def(
+      "kernel_dtypes",
+      [](const std::string& device) {
+        std::vector<std::string> names;
+        for (at::ScalarType t : rnnkern::kernel_dtypes(c10::Device(device).type()))
+          names.emplace_back(c10::getDtypeNames(t).first);
+        return names;
+      },
+      "The dtypes the kernels of a device type ('cpu', 'cuda') are compiled for, as torch names "
+      "them ('float32').");
+#if defined(RNNKERN_WITH_CUDA)
+  module.def(
+      "cuda_launch_plan",
+      [](int64_t hidden, int64_t batch, int64_t directions, const std::string& dtype,
+         const std::string& algorithm) {
+        const char* why_not = "";
+        const auto plan = rnnkern::cuda::plan_on_current_device(
+            hidden, batch, directions, dtype_named(dtype), algorithm, &why_not);
+        pybind11::dict d;
+        d["algorithm"] = rnnkern::persistent::algorithm_name(plan.algorithm);
+        d["why_not"] = plan.algorithm == rnnkern::persistent::Algorithm::kPerStep ? why_not : "";
+        for (const auto& [name, value] : rnnkern::persistent::plan_sizes(plan))
+          d[pybind11::str(name)] = value;
+        return d;
+      },
+      "The plan the CUDA kernels choose for one layer on the current GPU (choose_plan).");
+#endif
 }

@@ -22,16 +22,22 @@ from . import _C  # noqa: F401  (importing the extension registers the operators
 
 elman_layer_op = torch.ops.rnnkern.elman_layer.default
 
+
+def _dtypes(device: str) -> tuple[torch.dtype, ...]:
+    """The dtypes this build's kernels for ``device`` are compiled for (csrc/layer/kernel_dtypes.h)."""
+    return tuple(getattr(torch, name) for name in _C.kernel_dtypes(device))
+
+
 # Devices and dtypes with a compiled kernel in use. Anything else is run by torch's own RNN.
 KERNEL_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
-    "meta": (torch.float32, torch.float64),  # shapes only, from the fake implementations below
+    "cpu": _dtypes("cpu"),
+    "meta": _dtypes("cpu"),  # shapes only, from the fake implementations below
 }
 # The CUDA kernels (csrc/cuda/) are compiled wherever torch has CUDA and nvcc is found, but have not
 # yet run on a GPU: until they have, they are used only when asked for with RNNKERN_CUDA_KERNELS=1.
 CUDA_KERNELS_ENABLED = _C.has_cuda_kernels() and os.environ.get("RNNKERN_CUDA_KERNELS") == "1"
 if CUDA_KERNELS_ENABLED:
-    KERNEL_DTYPES["cuda"] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    KERNEL_DTYPES["cuda"] = _dtypes("cuda")
 
 
 def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
@@ -41,8 +47,9 @@ def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
 
 def scripted_has_kernel(tensors: list[Tensor]) -> bool:
     """has_kernel for a TorchScript module, where all of ``tensors`` must share one dtype. Scripted
-    code cannot read KERNEL_DTYPES: it runs the CPU kernels (KERNEL_DTYPES["cpu"]), and torch's own
-    RNN on other devices, whatever RNNKERN_CUDA_KERNELS says."""
+    code cannot read KERNEL_DTYPES: it runs the CPU kernels (KERNEL_DTYPES["cpu"], restated here and
+    checked against it by tests/module/test_torchscript... ), and torch's own RNN on other devices,
+    whatever RNNKERN_CUDA_KERNELS says."""
     first = tensors[0]
     usable = first.device.type == "cpu" and (
         first.dtype == torch.float32 or first.dtype == torch.float64
@@ -53,28 +60,16 @@ def scripted_has_kernel(tensors: list[Tensor]) -> bool:
     return usable
 
 
-def cuda_device_limits(device: torch.device | int | None = None) -> tuple[int, int, int, bool]:
-    """A CUDA device as the persistent kernels' launch plan sees it: (multiprocessors, shared memory
-    per block (opt-in), threads per block, cooperative launch), the properties
-    csrc/cuda/choose_plan.cpp reads. Every architecture rnnkern builds for (sm_80 and up) has 1024
-    threads per block and cooperative launches."""
-    prop = torch.cuda.get_device_properties(device)
-    # An older torch may lack the opt-in figure; the plain one is then the safe (smaller) limit.
-    shared = getattr(prop, "shared_memory_per_block_optin", None) or prop.shared_memory_per_block
-    return (prop.multi_processor_count, shared, 1024, True)
-
-
 def cuda_launch_plan(
     hidden: int, batch: int, directions: int, dtype: torch.dtype, algorithm: str | None = None
 ) -> dict:
     """The plan rnnkern's CUDA kernels choose for one layer on the current GPU (which algorithm,
-    how many blocks, threads and lanes, how much shared memory): csrc/persistent/launch_plan.cpp.
-    ``algorithm`` forces one (block, grid, per_step), as RNNKERN_CUDA_ALGORITHM does, whose value
-    is the default."""
+    how many blocks, threads and lanes, how much shared memory), from csrc/cuda/persistent_launch.cpp
+    itself. ``algorithm`` forces one (block, grid, per_step), as RNNKERN_CUDA_ALGORITHM does, whose
+    value is the default; a forced one that does not fit gives per_step and says why."""
     algorithm = algorithm or os.environ.get("RNNKERN_CUDA_ALGORITHM", "auto")
-    state_bytes = 8 if dtype == torch.float64 else 4
-    return _C.persistent.plan_launch(
-        hidden, batch, directions, dtype.itemsize, state_bytes, cuda_device_limits(), algorithm
+    return _C.cuda_launch_plan(
+        hidden, batch, directions, str(dtype).removeprefix("torch."), algorithm
     )
 
 

@@ -2,17 +2,17 @@
 // register_cpu.cpp, and the small decisions both directions of the computation make the same way.
 #pragma once
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <optional>
 #include <tuple>
 #include <vector>
 
-#include "../elman_layer_args.h"
+#include "../layer/layer_args.h"
 #include "kernels.h"
-#include "recurrence.h"
+#include "recurrence_cpu.h"
 
 namespace rnnkern::cpu {
 
@@ -27,8 +27,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_lay
     const at::Tensor& output, const std::optional<at::Tensor>& batch_sizes, bool relu,
     std::array<bool, 4> output_mask);
 
-void check_cpu(const char* op, const at::Tensor& input);
-
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
 // Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
@@ -42,13 +40,6 @@ constexpr int64_t kPipelineStepsPerBlock = 32;
 inline bool pipelined(const LayerShape& s) {
   return s.directions == 1 && use_register_kernel(s.layout) &&
          s.layout.steps >= 4 * kPipelineStepsPerBlock;
-}
-
-// The rows of the block of steps [t_begin, t_end): [first, first + count).
-inline std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t t_begin,
-                                              int64_t t_end) {
-  const int64_t end_row = t_end < L.steps ? L.offset[t_end] : L.total_rows;
-  return {L.offset[t_begin], end_row - L.offset[t_begin]};
 }
 
 // Runs fn(d) for each direction; both directions at once when there are two.

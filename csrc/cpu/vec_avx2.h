@@ -5,7 +5,7 @@
 // tanh for float is vectorised (the recurrence applies it to every hidden unit of every step, so a
 // scalar libm call would cost more than the mat-vec at small sizes). It follows Cephes' tanhf: an
 // odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above, with a Cephes-style expf. Its
-// error against torch.tanh is measured by tests/test_kernels.py. NaN propagates: every min/max
+// error against torch.tanh is measured by tests/cpu/test_kernels.py. NaN propagates: every min/max
 // below keeps its second operand on NaN, and that operand is always the data.
 #pragma once
 

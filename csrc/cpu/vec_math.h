@@ -2,8 +2,8 @@
 // vec_avx512.h). Included inside an instruction-set namespace before those headers.
 //
 // tanh follows Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above,
-// with a Cephes-style expf; tests/test_kernels.py measures it within 2 ulp of the exact value. NaN
-// propagates: V::min keeps its second operand on NaN, and that operand is always the data.
+// with a Cephes-style expf; tests/cpu/test_kernels.py measures it within 2 ulp of the exact value.
+// NaN propagates: V::min keeps its second operand on NaN, and that operand is always the data.
 #pragma once
 
 // exp(x) for x >= 0 (all tanh needs); overflow gives +inf, NaN gives NaN.

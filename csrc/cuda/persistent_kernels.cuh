@@ -1,9 +1,9 @@
-// The persistent forward and backward recurrences (see csrc/persistent/launch_plan.h for the
-// algorithms and recurrence_steps.h for what each thread does per step). Included once per dtype by
+// The persistent forward and backward recurrences (see csrc/cuda/persistent_plan.h for the
+// algorithms and persistent_steps.h for what each thread does per step). Included once per dtype by
 // persistent_<dtype>.cu, so nvcc compiles the dtypes in parallel.
 //
-// NOT YET RUN ON A GPU. The phase sequence here mirrors csrc/persistent/emulate.cpp, which runs the
-// same per-thread functions on the CPU in the tests; keep the two in step.
+// NOT YET RUN ON A GPU. The phase sequence here mirrors csrc/testing/emulate_persistent.cpp, which
+// runs the same per-thread functions on the CPU in the tests; keep the two in step.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -11,8 +11,8 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
-#include "../persistent/recurrence_steps.h"
-#include "persistent.h"
+#include "persistent_launch.h"
+#include "persistent_steps.h"
 
 namespace rnnkern::cuda {
 
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     __syncthreads();
   }
   for (int64_t i = 0; i < p.steps; ++i) {
-    const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/false);
+    const int64_t t = visited_step(p.steps, v.direction == 1, i, /*backward=*/false);
     const int next = int((i + 1) & 1);
     S* out = state_out<kGrid>(p, v, mem, next);
     persistent::partial_products(p, v, th, persistent::step_rows(p, t), mem.m,
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 
   persistent::load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
   persistent::load_initial_state(p, v, th, carry);
-  persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, 0, true),
+  persistent::backward_dz(p, v, th, visited_step(p.steps, v.direction == 1, 0, true),
                           state_out<kGrid>(p, v, mem, 0), carry);
   step_barrier<kGrid>();
   if constexpr (kGrid) {
@@ -118,14 +118,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     __syncthreads();
   }
   for (int64_t i = 0; i < p.steps; ++i) {
-    const int64_t t = persistent::visited_step(p.steps, v.direction, i, /*backward=*/true);
+    const int64_t t = visited_step(p.steps, v.direction == 1, i, /*backward=*/true);
     persistent::partial_products(p, v, th, persistent::step_rows(p, t), mem.m,
                                  mem.buffer(kGrid ? 0 : i), partial);
     group_sum(p.plan, partial);
     persistent::backward_apply(p, v, th, t, partial, carry);
     if (i + 1 == p.steps) break;
     const int next = int((i + 1) & 1);
-    persistent::backward_dz(p, v, th, persistent::visited_step(p.steps, v.direction, i + 1, true),
+    persistent::backward_dz(p, v, th, visited_step(p.steps, v.direction == 1, i + 1, true),
                             state_out<kGrid>(p, v, mem, next), carry);
     step_barrier<kGrid>();
     if constexpr (kGrid) {

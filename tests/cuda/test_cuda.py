@@ -266,6 +266,32 @@ def test_cuda_empty_batch(algorithm):
     assert x.grad.shape == x.shape
 
 
+@needs_gpu
+def test_cuda_launch_plan_is_the_pure_plan_for_this_gpu(monkeypatch):
+    # rnnkern._ops.cuda_launch_plan (the benchmark and these tests use it) reads the GPU in C++, as
+    # every launch does; the test module's pure plan, given the GPU as torch reports it, must agree.
+    from rnnkern import _testing
+
+    prop = torch.cuda.get_device_properties()
+    gpu = (prop.multi_processor_count, prop.shared_memory_per_block_optin, 1024, True)
+    monkeypatch.delenv("RNNKERN_CUDA_ALGORITHM", raising=False)
+    for hidden, batch, directions, dtype in [
+        (64, 4, 2, torch.bfloat16),
+        (256, 1, 1, torch.float32),
+        (1024, 16, 1, torch.float32),
+        (128, 8, 2, torch.float64),
+        (4096, 1, 1, torch.float32),
+    ]:
+        state_bytes = 8 if dtype == torch.float64 else 4
+        expected = _testing.plan_launch(
+            hidden, batch, directions, dtype.itemsize, state_bytes, gpu, "auto"
+        )
+        assert _ops.cuda_launch_plan(hidden, batch, directions, dtype) == expected
+    assert _ops.cuda_launch_plan(64, 4, 2, torch.float64, "grid")["algorithm"] == "grid"
+    monkeypatch.setenv("RNNKERN_CUDA_ALGORITHM", "per_step")
+    assert _ops.cuda_launch_plan(64, 4, 2, torch.float32)["algorithm"] == "per_step"
+
+
 def test_unverified_cuda_kernels_are_opt_in():
     enabled = "cuda" in _ops.KERNEL_DTYPES
     assert enabled == (

@@ -1,4 +1,4 @@
-"""The persistent CUDA kernels' launch plan (csrc/persistent/launch_plan.*), checked on the CPU.
+"""The persistent CUDA kernels' launch plan (csrc/cuda/persistent_plan.*), checked on the CPU.
 
 The plan is a pure function of the shape and the device's properties, so every shape class can be
 checked here for devices we do not have: each output (direction, hidden row, batch entry) is owned
@@ -13,10 +13,10 @@ import re
 import numpy as np
 import pytest
 
-from rnnkern import _C
+from rnnkern import _testing
 from tests.conftest import ROOT
 
-P = _C.persistent
+P = _testing  # the test-only module (csrc/testing/)
 
 # (multiprocessors, shared memory per block (opt-in), threads per block, cooperative launch)
 A100 = (108, 166912, 1024, True)
@@ -156,22 +156,3 @@ def test_persistent_kernels_fit_the_register_file_without_spills():
         assert r["registers"] * P.max_threads <= REGISTERS_PER_SM, r
         assert r["stack"] == r["spill_st"] == r["spill_ld"] == 0, r
         assert r["shared"] == 0, "all shared memory is dynamic, counted by the plan"
-
-
-def test_python_helper_reads_the_gpu_as_choose_plan_does(monkeypatch):
-    # rnnkern._ops.cuda_launch_plan (the benchmark and the GPU tests use it) on a stand-in H100.
-    import types
-
-    import torch
-
-    from rnnkern import _ops
-
-    fake = types.SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=232448)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: fake)
-    monkeypatch.delenv("RNNKERN_CUDA_ALGORITHM", raising=False)
-    assert _ops.cuda_device_limits() == H100
-    assert _ops.cuda_launch_plan(1024, 1, 1, torch.float32) == plan(1024, 1, 1, "float32", H100)
-    assert _ops.cuda_launch_plan(64, 4, 2, torch.bfloat16)["algorithm"] == "block"
-    assert _ops.cuda_launch_plan(64, 4, 2, torch.float64, "grid")["algorithm"] == "grid"
-    monkeypatch.setenv("RNNKERN_CUDA_ALGORITHM", "per_step")
-    assert _ops.cuda_launch_plan(64, 4, 2, torch.float32)["algorithm"] == "per_step"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rnnkern  # noqa: F401
+from rnnkern import _C
 
 elman_layer = torch.ops.rnnkern.elman_layer.default
 elman_layer_backward = torch.ops.rnnkern.elman_layer_backward.default
@@ -135,7 +136,7 @@ def test_op_rejects_bad_batch_sizes(batch_sizes, message):
         (lambda a: a[2].__setitem__(0, torch.randn(6, 5, dtype=torch.float64)), "dtype of input"),
         (
             lambda a: a.__setitem__(0, torch.randn(4, 3, 5).to(torch.bfloat16)),
-            "dtype of input|float32 and float64",
+            "dtype of input",
         ),
         (lambda a: a.__setitem__(0, torch.randint(0, 3, (4, 3, 5))), "floating-point"),
         (lambda a: a.__setitem__(0, torch.randn(4, 3)), "3-D"),
@@ -151,3 +152,23 @@ def test_op_rejects_bad_arguments(mutate, message):
     mutate(args)
     with pytest.raises(RuntimeError, match=message):
         elman_layer(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ops_name_the_dtypes_the_cpu_kernels_support(dtype):
+    # Every tensor in a dtype the CPU kernels are not compiled for: both ops say which ones they
+    # support, from the list the kernels dispatch on, and keep working afterwards.
+    x, hx, weights, batch_sizes, relu = layer_args()
+    low = [t.detach().to(dtype) for t in (x, hx, *weights)]
+    message = r"the CPU kernels support float32, float64; got (BFloat16|Half)"
+    with pytest.raises(RuntimeError, match=message):
+        elman_layer(low[0], low[1], low[2:], batch_sizes, relu)
+    stacked = [torch.stack([w]) for w in low[2:4]]
+    output = torch.randn(4, 3, 6).to(dtype)  # layer_args: T 4, B 3, H 6
+    with pytest.raises(RuntimeError, match=message):
+        elman_layer_backward(
+            output, low[1], low[0], low[1], *stacked, output, None, False, [True] * 4
+        )
+    assert _C.kernel_dtypes("cpu") == ["float32", "float64"]
+    out, _ = elman_layer(x.detach(), hx.detach(), [w.detach() for w in weights], None, False)
+    assert torch.isfinite(out).all()

@@ -3,17 +3,19 @@
 // these same functions block by block and thread by thread so that the indexing, the
 // packed-sequence handling and the state carry are tested on machines without a GPU.
 //
-// Each thread owns up to kMaxOutputsPerThread outputs (launch_plan.h: owned_output) for the whole
-// sequence and carries their state in registers (`carry`, in the state type S). Per step it reads
-// the group's previous state from shared memory (`in`, [local batch][H]) and writes its new state
-// where the next step will read it (`out`: the other shared buffer, or the group's exchange buffer
-// in global memory for kGrid). Rows past step t's batch size (packed sequences) keep their state.
+// Each thread owns up to kMaxOutputsPerThread outputs (persistent_plan.h: owned_output) for the
+// whole sequence and carries their state in registers (`carry`, in the state type S). Per step it
+// reads the group's previous state from shared memory (`in`, [local batch][H]) and writes its new
+// state where the next step will read it (`out`: the other shared buffer, or the group's exchange
+// buffer in global memory for kGrid). Rows past step t's batch size (packed sequences) keep their
+// state.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#include "launch_plan.h"
+#include "../layer/elman_math.h"
+#include "persistent_plan.h"
 
 namespace rnnkern::persistent {
 
@@ -46,29 +48,6 @@ RNNKERN_HD inline int64_t step_rows(const RecurrenceParams<T, S>& p, int64_t t) 
 template <typename T, typename S>
 RNNKERN_HD inline int64_t step_offset(const RecurrenceParams<T, S>& p, int64_t t) {
   return p.offset ? p.offset[t] : t * p.plan.batch;
-}
-
-// The step visited i-th. The forward pass visits 0..T-1 in direction 0 and T-1..0 in direction 1;
-// the backward pass visits them in the opposite order.
-RNNKERN_HD inline int64_t visited_step(int64_t steps, int64_t direction, int64_t i, bool backward) {
-  return (direction == 1) != backward ? steps - 1 - i : i;
-}
-
-template <typename S>
-RNNKERN_HD inline S activate(S z, bool relu) {
-  // relu keeps NaN (z <= 0 is false for NaN), as torch.relu does.
-  if (relu) return z <= S(0) ? S(0) : z;
-#if defined(__CUDA_ARCH__)
-  return ::tanh(z);
-#else
-  return std::tanh(z);
-#endif
-}
-
-// dL/dz from dL/dh = g and h = act(z), act' written in terms of h.
-template <typename S>
-RNNKERN_HD inline S activation_backward(S g, S h, bool relu) {
-  return relu ? (h <= S(0) ? S(0) : g) : g * (S(1) - h * h);
 }
 
 // A load of the state another block wrote during this launch: through L2, never a stale L1 line.

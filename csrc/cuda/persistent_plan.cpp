@@ -1,4 +1,5 @@
-#include "launch_plan.h"
+// persistent_plan.h: the launch plan of the persistent CUDA kernels, in plain C++.
+#include "persistent_plan.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -110,6 +111,20 @@ bool plan_grid(const ProblemShape& s, const DeviceLimits& device, LaunchPlan& p,
 }
 
 }  // namespace
+
+std::vector<std::pair<std::string, int64_t>> plan_sizes(const LaunchPlan& p) {
+  return {{"blocks", p.blocks()},
+          {"blocks_per_group", p.blocks_per_group},
+          {"rows_per_block", p.rows_per_block},
+          {"batch_per_group", p.batch_per_group},
+          {"groups_per_direction", p.groups_per_direction},
+          {"threads", p.threads},
+          {"outputs_per_thread", p.outputs_per_thread},
+          {"split", p.split},
+          {"m_stride", p.m_stride},
+          {"state_buffers", p.state_buffers},
+          {"shared_bytes", p.shared_bytes}};
+}
 
 const char* algorithm_name(Algorithm a) {
   switch (a) {

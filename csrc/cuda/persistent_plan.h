@@ -1,7 +1,7 @@
 // The launch plan of the persistent CUDA kernels: which algorithm a shape gets, and which block and
 // thread own which outputs. Plain C++ (no CUDA), so it is built and unit-tested on machines without
 // a GPU; the kernels (csrc/cuda/persistent_kernels.cuh) and the CPU emulation of them
-// (csrc/persistent/emulate.cpp) both take their indexing from here.
+// (csrc/testing/emulate_persistent.cpp) both take their indexing from here.
 //
 // Each output's dot product over k is split between `split` adjacent lanes of a warp (each sums
 // every split-th k, then a butterfly of warp shuffles adds the parts), so that a step's latency is
@@ -22,14 +22,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
-#if defined(__CUDACC__)
-#define RNNKERN_HD __host__ __device__
-#define RNNKERN_UNROLL _Pragma("unroll")
-#else
-#define RNNKERN_HD
-#define RNNKERN_UNROLL
-#endif
+#include "../layer/elman_math.h"  // RNNKERN_HD
 
 namespace rnnkern::persistent {
 
@@ -112,6 +108,10 @@ LaunchPlan plan_launch(const ProblemShape& shape, const DeviceLimits& device,
                        const Algorithm* requested = nullptr, const char** why_not = nullptr);
 
 const char* algorithm_name(Algorithm a);
+
+// The plan's sizes by name ("blocks", "threads", "split", ...), as Python reads a plan
+// (rnnkern._C.cuda_launch_plan, and rnnkern._testing.plan_launch for any device).
+std::vector<std::pair<std::string, int64_t>> plan_sizes(const LaunchPlan& p);
 
 // "block", "grid" or "per_step"; "auto" or "" gives false (no algorithm forced). Anything else
 // throws std::invalid_argument naming the choices.

@@ -6,7 +6,9 @@
 #include <c10/core/ScalarType.h>
 #include <cuda_runtime_api.h>
 
-#include "../persistent/recurrence_steps.h"
+#include <string>
+
+#include "persistent_steps.h"
 
 namespace rnnkern::cuda {
 
@@ -16,6 +18,13 @@ namespace rnnkern::cuda {
 // (an error if it does not fit the shape); unset or "auto" lets the plan choose.
 persistent::LaunchPlan choose_plan(int64_t hidden, int64_t batch, int64_t directions,
                                    c10::ScalarType dtype);
+
+// The plan for `algorithm` ("auto" or "" to choose, else forced as above) on the current device,
+// without the error for a forced algorithm that does not fit: the result is then kPerStep and
+// *why_not says why. What rnnkern._C.cuda_launch_plan returns.
+persistent::LaunchPlan plan_on_current_device(int64_t hidden, int64_t batch, int64_t directions,
+                                              c10::ScalarType dtype, const std::string& algorithm,
+                                              const char** why_not);
 
 // Run the whole recurrence of one layer (both directions) in one launch on `stream`. false: the
 // cooperative grid would not be resident on this device (the caller falls back to per-step).

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace rnnkern {
@@ -29,6 +30,12 @@ struct SequenceLayout {
   int64_t total_rows = 0;       // N = sum of rows
   std::vector<int64_t> rows;    // rows[t]: sequences still running at step t (non-increasing)
   std::vector<int64_t> offset;  // offset[t]: the first row of step t
+
+  // The rows of the steps [t_begin, t_end): (first row, count).
+  std::pair<int64_t, int64_t> rows_of_steps(int64_t t_begin, int64_t t_end) const {
+    const int64_t end_row = t_end < steps ? offset[t_end] : total_rows;
+    return {offset[t_begin], end_row - offset[t_begin]};
+  }
 };
 
 struct LayerShape {
@@ -54,6 +61,11 @@ inline PreviousStep previous_step(const SequenceLayout& L, bool reverse, int64_t
   const bool exists = before >= 0 && before < L.steps;
   return {before, exists ? std::min(L.rows[t], L.rows[before]) : 0};
 }
+
+// The layout of a packed sequence from its batch_sizes (checked: 1-D int64 on the CPU, positive,
+// non-increasing, summing to total_rows), and of a dense (T, B) one.
+SequenceLayout packed_layout(const char* op, const at::Tensor& batch_sizes, int64_t total_rows);
+SequenceLayout dense_layout(int64_t steps, int64_t batch);
 
 // Checks every argument of elman_layer (shapes, dtypes, devices, batch_sizes) and raises a
 // c10::Error that names the argument, what was expected and what came. `op` prefixes the message.

@@ -1,6 +1,7 @@
-#include "elman_layer_args.h"
+#include "layer_args.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
@@ -24,6 +25,8 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const at:
   TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, " must have shape ",
               shape_str(expected), ", got ", shape_str(t.sizes()));
 }
+
+}  // namespace
 
 SequenceLayout packed_layout(const char* op, const at::Tensor& batch_sizes, int64_t total_rows) {
   TORCH_CHECK(batch_sizes.dim() == 1, op, ": batch_sizes must be 1-D, got ", batch_sizes.dim(),
@@ -67,8 +70,6 @@ SequenceLayout dense_layout(int64_t steps, int64_t batch) {
   for (int64_t t = 0; t < steps; ++t) layout.offset[t] = t * batch;
   return layout;
 }
-
-}  // namespace
 
 LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
                             at::TensorList weights, const std::optional<at::Tensor>& batch_sizes) {

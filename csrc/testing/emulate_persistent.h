@@ -1,11 +1,11 @@
 // The persistent kernels run on the CPU: every block and thread of the launch, phase by phase, with
-// the barriers between phases, calling the same per-thread functions (recurrence_steps.h) and the
-// same plan (launch_plan.h) as the CUDA kernels. Used by the tests (through rnnkern._C) to check
-// the kernels' indexing and state carry on machines without a GPU. The phase sequence below each
-// function mirrors csrc/cuda/persistent_kernels.cuh; keep the two in step.
+// the barriers between phases, calling the same per-thread functions (persistent_steps.h) and the
+// same plan (persistent_plan.h) as the CUDA kernels. Used by the tests (through rnnkern._C) to
+// check the kernels' indexing and state carry on machines without a GPU. The phase sequence below
+// each function mirrors csrc/cuda/persistent_kernels.cuh; keep the two in step.
 #pragma once
 
-#include "recurrence_steps.h"
+#include "../cuda/persistent_steps.h"
 
 namespace rnnkern::persistent {
 

@@ -1,4 +1,4 @@
-#include "emulate.h"
+#include "emulate_persistent.h"
 
 #include <stdexcept>
 #include <vector>
@@ -79,7 +79,7 @@ void emulate_forward(const RecurrenceParams<S, S>& p) {
     });
   for (int64_t i = 0; i < p.steps; ++i) {
     const auto t_of = [&](const BlockView& v) {
-      return visited_step(p.steps, v.direction, i, /*backward=*/false);
+      return visited_step(p.steps, v.direction == 1, i, /*backward=*/false);
     };
     launch.phase([&](const BlockView& v, Mem mem, int th, S*, S* partial) {
       partial_products(p, v, th, step_rows(p, t_of(v)), mem.m, mem.buffer(grid ? 0 : i), partial);
@@ -106,7 +106,7 @@ void emulate_backward(const RecurrenceParams<S, S>& p) {
   launch.phase([&](const BlockView& v, Mem mem, int th, S* carry, S*) {
     load_m_slice(p.plan, v, th, p.w_hh[v.direction], /*transpose=*/true, mem.m);
     load_initial_state(p, v, th, carry);
-    const int64_t t = visited_step(p.steps, v.direction, 0, /*backward=*/true);
+    const int64_t t = visited_step(p.steps, v.direction == 1, 0, /*backward=*/true);
     backward_dz(p, v, th, t, grid ? exchange_slice(p, v, 0) : mem.state[0], carry);
   });
   if (grid)
@@ -115,7 +115,7 @@ void emulate_backward(const RecurrenceParams<S, S>& p) {
     });
   for (int64_t i = 0; i < p.steps; ++i) {
     const auto t_of = [&](const BlockView& v) {
-      return visited_step(p.steps, v.direction, i, /*backward=*/true);
+      return visited_step(p.steps, v.direction == 1, i, /*backward=*/true);
     };
     launch.phase([&](const BlockView& v, Mem mem, int th, S*, S* partial) {
       partial_products(p, v, th, step_rows(p, t_of(v)), mem.m, mem.buffer(grid ? 0 : i), partial);
@@ -124,7 +124,7 @@ void emulate_backward(const RecurrenceParams<S, S>& p) {
     launch.phase([&](const BlockView& v, Mem mem, int th, S* carry, S* partial) {
       backward_apply(p, v, th, t_of(v), partial, carry);
       if (i + 1 == p.steps) return;
-      const int64_t next = visited_step(p.steps, v.direction, i + 1, /*backward=*/true);
+      const int64_t next = visited_step(p.steps, v.direction == 1, i + 1, /*backward=*/true);
       S* out = grid ? exchange_slice(p, v, int((i + 1) & 1)) : mem.buffer(i + 1);
       backward_dz(p, v, th, next, out, carry);
     });

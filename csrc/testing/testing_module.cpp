@@ -1,7 +1,13 @@
-#include "testing.h"
-
-#include <ATen/ATen.h>
-#include <torch/python.h>
+// rnnkern._testing: a test-only extension module (never imported by rnnkern itself) that lets the
+// tests reach what the production module does not expose: the persistent CUDA kernels' launch plan
+// for any device (tests/cuda/test_launch_plan.py) and their CPU emulation
+// (tests/cuda/test_persistent_emulation.py).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <optional>
 #include <stdexcept>
@@ -9,8 +15,9 @@
 #include <tuple>
 #include <vector>
 
-#include "emulate.h"
-#include "launch_plan.h"
+#include "../cuda/persistent_plan.h"
+#include "../layer/layer_args.h"
+#include "emulate_persistent.h"
 
 namespace rnnkern::persistent {
 namespace {
@@ -42,17 +49,7 @@ py::dict plan_as_dict(int64_t hidden, int64_t batch, int64_t directions, int64_t
   py::dict d;
   d["algorithm"] = algorithm_name(p.algorithm);
   d["why_not"] = why_not;
-  d["blocks"] = p.blocks();
-  d["blocks_per_group"] = p.blocks_per_group;
-  d["rows_per_block"] = p.rows_per_block;
-  d["batch_per_group"] = p.batch_per_group;
-  d["groups_per_direction"] = p.groups_per_direction;
-  d["threads"] = p.threads;
-  d["outputs_per_thread"] = p.outputs_per_thread;
-  d["split"] = p.split;
-  d["m_stride"] = p.m_stride;
-  d["state_buffers"] = p.state_buffers;
-  d["shared_bytes"] = p.shared_bytes;
+  for (const auto& [name, value] : plan_sizes(p)) d[py::str(name)] = value;
   return d;
 }
 
@@ -82,38 +79,17 @@ Tensor plan_owners(int64_t hidden, int64_t batch, int64_t directions, int64_t we
   return owners;
 }
 
-// The packed layout's rows and offsets per step, or empty vectors for a dense sequence.
-struct Steps {
-  std::vector<int64_t> rows, offset;
-  int64_t steps = 0;
-};
-Steps steps_of(const std::optional<Tensor>& batch_sizes, int64_t total_rows, int64_t batch) {
-  Steps s;
-  if (!batch_sizes) {
-    s.steps = batch > 0 ? total_rows / batch : 0;
-    return s;
-  }
-  const Tensor sizes = batch_sizes->to(at::kLong).contiguous();
-  s.steps = sizes.numel();
-  int64_t offset = 0;
-  for (int64_t t = 0; t < s.steps; ++t) {
-    s.rows.push_back(sizes.data_ptr<int64_t>()[t]);
-    s.offset.push_back(offset);
-    offset += s.rows.back();
-  }
-  return s;
-}
-
 template <typename S>
 RecurrenceParams<S, S> params_for(const LaunchPlan& plan, const std::vector<Tensor>& w_hh,
-                                  const Steps& steps, bool relu) {
+                                  const SequenceLayout& layout, bool packed, bool relu) {
   RecurrenceParams<S, S> p;
   p.plan = plan;
   for (size_t d = 0; d < w_hh.size(); ++d) p.w_hh[d] = w_hh[d].data_ptr<S>();
   p.ld = plan.directions * plan.hidden;
-  p.rows = steps.rows.empty() ? nullptr : steps.rows.data();
-  p.offset = steps.offset.empty() ? nullptr : steps.offset.data();
-  p.steps = steps.steps;
+  // Dense input leaves the tables out, as the CUDA forward does: the kernels then compute them.
+  p.rows = packed ? layout.rows.data() : nullptr;
+  p.offset = packed ? layout.offset.data() : nullptr;
+  p.steps = layout.steps;
   p.relu = relu;
   return p;
 }
@@ -130,7 +106,8 @@ void check_inputs(const Tensor& rows2d, const Tensor& state, const std::vector<T
 // and an exchange buffer poisoned with NaN, so that a read of state nobody wrote shows up.
 struct Emulation {
   LaunchPlan plan;
-  Steps steps;
+  SequenceLayout layout;  // the layer driver's (csrc/layer/layer_args.h)
+  bool packed;
   Tensor exchange;
 };
 Emulation prepare(const Tensor& rows2d, const Tensor& state, std::vector<Tensor>& w_hh,
@@ -142,8 +119,11 @@ Emulation prepare(const Tensor& rows2d, const Tensor& state, std::vector<Tensor>
   const auto [plan, why_not] = make_plan({H, B, D, elem, elem}, device, algorithm);
   TORCH_CHECK(plan.algorithm != Algorithm::kPerStep, "no persistent plan: ", why_not);
   for (auto& w : w_hh) w = w.contiguous();
-  return {plan, steps_of(batch_sizes, rows2d.size(0), B),
-          at::full({2 * D * B * H}, NAN, rows2d.options())};
+  const int64_t N = rows2d.size(0);
+  return {
+      plan,
+      batch_sizes ? packed_layout("emulate", *batch_sizes, N) : dense_layout(B > 0 ? N / B : 0, B),
+      batch_sizes.has_value(), at::full({2 * D * B * H}, NAN, rows2d.options())};
 }
 
 // Runs the forward recurrence of a persistent kernel, emulated: y = act(projected + ...), h_n.
@@ -155,7 +135,7 @@ std::tuple<Tensor, Tensor, std::string> emulate_forward_call(
   // h_n poisoned, so an element the kernel forgets to write shows up.
   Tensor y = projected.contiguous().clone(), h0 = hx.contiguous(), h_n = at::full_like(h0, NAN);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "emulate_forward", [&] {
-    auto p = params_for<scalar_t>(e.plan, w_hh, e.steps, relu);
+    auto p = params_for<scalar_t>(e.plan, w_hh, e.layout, e.packed, relu);
     p.y = y.data_ptr<scalar_t>();
     p.state_in = h0.data_ptr<scalar_t>();
     p.state_out = h_n.data_ptr<scalar_t>();
@@ -175,7 +155,7 @@ std::tuple<Tensor, Tensor, std::string> emulate_backward_call(
   // Poisoned, so a row the kernel forgets to write shows up.
   Tensor dz = at::full_like(yc, NAN), dhx = at::full_like(g, NAN);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "emulate_backward", [&] {
-    auto p = params_for<scalar_t>(e.plan, w_hh, e.steps, relu);
+    auto p = params_for<scalar_t>(e.plan, w_hh, e.layout, e.packed, relu);
     p.y = const_cast<scalar_t*>(yc.data_ptr<scalar_t>());
     p.dy = dyc.data_ptr<scalar_t>();
     p.dz = dz.data_ptr<scalar_t>();
@@ -188,8 +168,11 @@ std::tuple<Tensor, Tensor, std::string> emulate_backward_call(
 }
 
 }  // namespace
+}  // namespace rnnkern::persistent
 
-void add_testing_functions(py::module_& module) {
+PYBIND11_MODULE(_testing, module) {
+  using namespace rnnkern::persistent;
+  module.doc() = "rnnkern's test hooks: the persistent kernels' plan and CPU emulation";
   module.attr("max_outputs_per_thread") = kMaxOutputsPerThread;
   module.attr("max_threads") = kMaxThreads;
   module.def(
@@ -203,5 +186,3 @@ void add_testing_functions(py::module_& module) {
   module.def("emulate_backward", &emulate_backward_call,
              "The persistent backward recurrence run on the CPU: (dz, grad_hx, algorithm).");
 }
-
-}  // namespace rnnkern::persistent

@@ -1,0 +1,174 @@
+// The sequential part of one direction of one layer, forward and backward, on the CPU.
+//
+// Everything outside the time loop (the input projection, the weight gradients, dX) is a few large
+// GEMMs in the layer driver (csrc/layer/layer_driver.h). What is here must go step by step: per
+// step, one (rows
+
+// x H) @ (H x H) product and an elementwise activation or its derivative, fused into one pass where
+// the kernels allow it. Two ways to do the product:
+//   - registers: the row-blocked kernel of kernels_impl.h, W_hh kept hot in L1/L2, no per-step
+//     dispatch at all. Small batches (the latency-bound case nn.RNN is worst at).
+//   - BLAS: at::addmm_/at::mm_out per step, which wins once each step is a real matrix product.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../layer/elman_math.h"
+#include "../layer/layer_args.h"
+#include "kernels.h"
+
+namespace rnnkern::cpu {
+
+// The largest batch for which the register-blocked kernel runs the recurrence; beyond it, BLAS per
+// step. Measured (PERFORMANCE.md, version 5): the kernel wins or ties up to batch 32 at hidden 64
+// to 512, and the two are mixed at 64.
+constexpr int64_t kMaxRegisterBatch = 32;
+
+inline bool use_register_kernel(const SequenceLayout& layout) {
+  return layout.batch <= kMaxRegisterBatch;
+}
+
+// Where one direction's columns sit in a 2-D (N, D*H) buffer.
+template <typename T>
+struct Columns {
+  T* data;     // first element of this direction's first row
+  int64_t ld;  // row stride (D*H)
+  T* row(int64_t r) const { return data + r * ld; }
+};
+
+// A row-major matrix padded to a multiple of `width` columns, as rows_times_matrix reads it.
+template <typename T>
+std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t width,
+                             bool transpose) {
+  const int64_t padded_cols = (cols + width - 1) / width * width;
+  std::vector<T> m(static_cast<size_t>(rows * padded_cols), T(0));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      m[i * padded_cols + j] = transpose ? src[j * rows + i] : src[i * cols + j];
+  return m;
+}
+
+inline int64_t padded(int64_t n, int64_t width) { return (n + width - 1) / width * width; }
+
+// One direction of one layer's time loop: what forward_direction and backward_direction read.
+template <typename T>
+struct DirectionLoop {
+  const Kernels<T>& kernels;
+  const SequenceLayout& layout;
+  bool reverse;  // visits the steps T-1..0 going forward (the second direction)
+  Activation act;
+  at::Tensor w_hh;  // (H, H)
+  int64_t column;   // this direction's first column in the (N, D*H) tensors: d * H
+
+  int64_t hidden() const { return w_hh.size(0); }
+  // This direction's columns of a contiguous (N, D*H) tensor.
+  template <typename U>
+  Columns<U> columns(const at::Tensor& rows_2d) const {
+    return {const_cast<U*>(rows_2d.data_ptr<T>()) + column, rows_2d.size(1)};
+  }
+};
+
+// Forward recurrence. `out` (N, D*H) holds the input projection (with both biases) on entry and h_t
+// on exit; `state` (B, H, contiguous) holds h0 on entry and h_n on exit (a finished sequence keeps
+// its last state, which is nn.RNN's h_n for packed input). before_step(t) runs before step t reads
+// `out` (the projection pipeline waits there for step t's projection).
+template <typename T, typename BeforeStep = void (*)(int64_t)>
+void forward_direction(
+    const DirectionLoop<T>& p, const at::Tensor& out, at::Tensor& state,
+    const BeforeStep& before_step = [](int64_t) {}) {
+  const Kernels<T>& k = p.kernels;
+  const SequenceLayout& L = p.layout;
+  const int64_t H = p.hidden();
+  const Columns<T> y_cols = p.template columns<T>(out);
+  T* S = state.data_ptr<T>();
+  if (use_register_kernel(L)) {
+    const std::vector<T> wt = padded_matrix(p.w_hh.contiguous().template data_ptr<T>(), H, H,
+                                            k.width, /*transpose=*/true);
+    const int64_t wt_stride = padded(H, k.width);
+    for (int64_t i = 0; i < L.steps; ++i) {
+      const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
+      before_step(t);
+      T* y = y_cols.row(L.offset[t]);
+      k.rows_times_matrix(Epilogue::kAddActivate, p.act, L.rows[t], S, H, H, wt.data(), wt_stride,
+                          H, y, y_cols.ld);
+      for (int64_t r = 0; r < L.rows[t]; ++r)
+        std::memcpy(S + r * H, y + r * y_cols.ld, H * sizeof(T));
+    }
+    return;
+  }
+  const at::Tensor wt = p.w_hh.t();
+  for (int64_t i = 0; i < L.steps; ++i) {
+    const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
+    const int64_t n = L.rows[t];
+    before_step(t);
+    at::Tensor y = out.narrow(0, L.offset[t], n).narrow(1, p.column, H);
+    y.addmm_(state.narrow(0, 0, n), wt);
+    T* yp = y_cols.row(L.offset[t]);
+    k.activate_rows(p.act, n, H, yp, y_cols.ld);
+    for (int64_t r = 0; r < n; ++r) std::memcpy(S + r * H, yp + r * y_cols.ld, H * sizeof(T));
+  }
+}
+
+// Backward recurrence (BPTT), visiting the steps in the reverse of processing order:
+//   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh
+// dy, y and dz are contiguous (N, D*H). `dstate` (B, H) holds dL/dh_n on entry and dL/dh0 on exit;
+// rows of sequences that are not running at a step keep their gradient untouched, exactly as their
+// state was kept untouched going forward. after_step(t) runs once dz_t is written (the
+// weight-gradient pipeline hands blocks on).
+template <typename T, typename AfterStep = void (*)(int64_t)>
+void backward_direction(
+    const DirectionLoop<T>& p, const at::Tensor& dy, const at::Tensor& y, const at::Tensor& dz,
+    at::Tensor& dstate, const AfterStep& after_step = [](int64_t) {}) {
+  const Kernels<T>& k = p.kernels;
+  const SequenceLayout& L = p.layout;
+  const int64_t H = p.hidden();
+  const Columns<const T> dy_cols = p.template columns<const T>(dy);
+  const Columns<const T> y_cols = p.template columns<const T>(y);
+  const Columns<T> dz_cols = p.template columns<T>(dz);
+  T* dS = dstate.data_ptr<T>();
+  const bool registers = use_register_kernel(L);
+  const std::vector<T> w = registers ? padded_matrix(p.w_hh.contiguous().template data_ptr<T>(), H,
+                                                     H, k.width, /*transpose=*/false)
+                                     : std::vector<T>();
+  const int64_t w_stride = padded(H, k.width);
+  for (int64_t i = 0; i < L.steps; ++i) {
+    const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/true);
+    const int64_t n = L.rows[t];
+    const int64_t first = L.offset[t];
+    k.activation_backward_rows(p.act, n, H, dS, H, dy_cols.row(first), dy_cols.ld,
+                               y_cols.row(first), y_cols.ld, dz_cols.row(first), dz_cols.ld);
+    after_step(t);
+    if (registers) {
+      k.rows_times_matrix(Epilogue::kStore, p.act, n, dz_cols.row(first), dz_cols.ld, H, w.data(),
+                          w_stride, H, dS, H);
+    } else {
+      at::Tensor dstate_rows = dstate.narrow(0, 0, n);
+      at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, p.column, H), p.w_hh);
+    }
+  }
+}
+
+// The state each step t in [t_begin, t_end) of one direction started from (h0, or the previous
+// step's output), as rows aligned with the rows of dZ (prev points at step t_begin's first row), so
+// that dW_hh is a GEMM: dZ^T @ H_prev.
+template <typename T>
+void gather_previous_states(const SequenceLayout& L, bool reverse, Columns<const T> out,
+                            const T* h0, int64_t H, int64_t t_begin, int64_t t_end, T* prev) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    const int64_t n = L.rows[t];
+    const auto [before, carried] = previous_step(L, reverse, t);
+    T* dst = prev + (L.offset[t] - L.offset[t_begin]) * H;
+    for (int64_t r = 0; r < carried; ++r)
+      std::memcpy(dst + r * H, out.row(L.offset[before] + r), H * sizeof(T));
+    if (n > carried)
+      std::memcpy(dst + carried * H, h0 + carried * H, (n - carried) * H * sizeof(T));
+  }
+}
+
+}  // namespace rnnkern::cpu
