@@ -8,10 +8,15 @@
 //
 // Double backward (create_graph=True) goes through torch's own RNN instead of the fused operator:
 // see differentiable_gradients.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+#include <ATen/ops/rnn_relu.h>
+#include <ATen/ops/rnn_tanh.h>
+#include <ATen/ops/stack.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
 
 #include <optional>
 #include <tuple>

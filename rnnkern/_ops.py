@@ -48,8 +48,9 @@ def has_kernel(device: torch.device, dtype: torch.dtype) -> bool:
 def scripted_has_kernel(tensors: list[Tensor]) -> bool:
     """has_kernel for a TorchScript module, where all of ``tensors`` must share one dtype. Scripted
     code cannot read KERNEL_DTYPES: it runs the CPU kernels (KERNEL_DTYPES["cpu"], restated here and
-    checked against it by tests/module/test_torchscript... ), and torch's own RNN on other devices,
-    whatever RNNKERN_CUDA_KERNELS says."""
+    checked against it by tests/integration/test_torchscript.py), and torch's own RNN on other
+    devices, whatever RNNKERN_CUDA_KERNELS says."""
+
     first = tensors[0]
     usable = first.device.type == "cpu" and (
         first.dtype == torch.float32 or first.dtype == torch.float64

@@ -144,6 +144,17 @@ def test_scripted_module_in_other_dtypes():
             assert_close(a, b, tol, f"scripted {dtype}")
 
 
+def test_scripted_kernel_choice_restates_the_cpu_dtype_list():
+    # TorchScript cannot read KERNEL_DTYPES, so scripted_has_kernel restates the CPU's dtypes: it must
+    # agree with the list the kernels are compiled for, dtype by dtype.
+    from rnnkern import _ops
+
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        tensors = [torch.zeros(2, dtype=dtype), torch.ones(3, dtype=dtype)]
+        assert _ops.scripted_has_kernel(tensors) == _ops.has_kernel(torch.device("cpu"), dtype)
+    assert not _ops.scripted_has_kernel([torch.zeros(2), torch.zeros(2, dtype=torch.float64)])
+
+
 def test_scripted_errors_carry_nn_rnn_words():
     _, ours = rnn_pair(input_size=3, hidden_size=4)
     scripted = torch.jit.script(Tagger(ours))
