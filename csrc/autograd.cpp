@@ -17,7 +17,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-
 #include <optional>
 #include <tuple>
 #include <vector>
