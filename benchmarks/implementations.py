@@ -10,6 +10,12 @@ runner can check it against nn.RNN and time it the same way:
 - ``RNNCell-loop-compiled``: the same loop with the cell's step under torch.compile (compiling
   the whole loop would unroll thousands of steps). The compiled step takes the weights as
   arguments, so it compiles once per shape, not once per module.
+- ``rnnkern-RNNCell-loop``: the same loop over rnnkern.RNNCell: what a user who calls cells
+  meets (one operator call per step).
+- ``rnnkern-streaming``, ``nn.RNN-streaming``: the module called one step at a time, carrying the
+  state, as streaming inference does (one direction only: the reverse one needs the future).
+- ``jax``, ``onnxruntime`` (CPU, where installed): the compiled peers outside PyTorch
+  (benchmarks/peers.py).
 - ``rnnkern-floor`` (CUDA, one layer, forward only): rnnkern's persistent kernel with its mat-vec
   left out, so only its barriers and loads remain: the floor a persistent kernel can reach. Its
   output is wrong by design and is not checked.
@@ -27,6 +33,8 @@ from torch import Tensor, nn
 
 import rnnkern
 
+from . import peers
+
 RnnFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
@@ -38,6 +46,10 @@ class Implementation:
     packed: bool = True  # takes PackedSequence input
     checked: bool = True  # its output must match nn.RNN's before it is timed
     backward: bool = True  # can run forward+backward
+    bidirectional: bool = True  # can run bidirectional RNNs
+    inference_only: bool = False  # no autograd at all (not even the forward mode's graph)
+    dtypes: tuple[str, ...] | None = None  # the dtypes it runs; None: all
+    default: bool = True  # in the default sweep (the others are named with --implementations)
 
 
 def build_rnnkern(reference: nn.RNN) -> RnnFn:
@@ -49,8 +61,9 @@ def build_nn_rnn(reference: nn.RNN) -> RnnFn:
     return reference
 
 
-def cells_of(reference: nn.RNN) -> list[list[nn.RNNCell]]:
-    """nn.RNNCell copies of each layer and direction of ``reference``: cells[layer][direction]."""
+def cells_of(reference: nn.RNN, cell_class: type = nn.RNNCell) -> list[list[nn.RNNCell]]:
+    """Cells (nn.RNNCell, or another class with its arguments) copying each layer and direction of
+    ``reference``: cells[layer][direction]."""
     directions = 2 if reference.bidirectional else 1
     cells = []
     for layer in range(reference.num_layers):
@@ -58,7 +71,7 @@ def cells_of(reference: nn.RNN) -> list[list[nn.RNNCell]]:
         for d in range(directions):
             suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
             w_ih = getattr(reference, "weight_ih" + suffix)
-            cell = nn.RNNCell(
+            cell = cell_class(
                 w_ih.shape[1],
                 reference.hidden_size,
                 bias=reference.bias,
@@ -101,6 +114,39 @@ def cell_loop(cells: list[list[Callable[[Tensor, Tensor], Tensor]]]) -> RnnFn:
 
 def build_cell_loop(reference: nn.RNN) -> RnnFn:
     return cell_loop(cells_of(reference))
+
+
+def build_rnnkern_cell_loop(reference: nn.RNN) -> RnnFn:
+    return cell_loop(cells_of(reference, rnnkern.RNNCell))
+
+
+def streaming(module: nn.Module) -> RnnFn:
+    """The RNN called one step at a time, the state carried from call to call."""
+
+    def run(x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        h, outputs = h0, []
+        for t in range(x.shape[0]):
+            out, h = module(x[t : t + 1], h)
+            outputs.append(out)
+        return torch.cat(outputs), h
+
+    return run
+
+
+def build_rnnkern_streaming(reference: nn.RNN) -> RnnFn:
+    return streaming(build_rnnkern(reference))
+
+
+def build_nn_streaming(reference: nn.RNN) -> RnnFn:
+    return streaming(copy.deepcopy(reference))
+
+
+def build_jax(reference: nn.RNN) -> RnnFn:
+    return peers.JaxRNN(reference)
+
+
+def build_onnxruntime(reference: nn.RNN) -> RnnFn:
+    return peers.OnnxRuntimeRNN(reference)
 
 
 def cell_step(
@@ -158,9 +204,39 @@ IMPLEMENTATIONS = {
         Implementation("nn.RNN", build_nn_rnn),
         Implementation("RNNCell-loop", build_cell_loop, packed=False),
         Implementation("RNNCell-loop-compiled", build_compiled_cell_loop, packed=False),
+        # The per-call cases: opt-in, as each times thousands of Python-level calls.
+        Implementation(
+            "rnnkern-RNNCell-loop", build_rnnkern_cell_loop, packed=False, default=False
+        ),
+        Implementation(
+            "nn.RNN-streaming",
+            build_nn_streaming,
+            packed=False,
+            bidirectional=False,
+            default=False,
+        ),
+        Implementation(
+            "rnnkern-streaming",
+            build_rnnkern_streaming,
+            packed=False,
+            bidirectional=False,
+            default=False,
+        ),
         Implementation(
             "rnnkern-floor", build_floor, ("cuda",), packed=False, checked=False, backward=False
         ),
     )
 }
+if peers.installed("jax"):
+    IMPLEMENTATIONS["jax"] = Implementation("jax", build_jax, ("cpu",), packed=False)
+if peers.installed("onnxruntime"):
+    IMPLEMENTATIONS["onnxruntime"] = Implementation(
+        "onnxruntime",
+        build_onnxruntime,
+        ("cpu",),
+        packed=False,
+        backward=False,
+        inference_only=True,
+        dtypes=("float32",),  # ONNX Runtime's CPU RNN kernel is float32 only
+    )
 BASELINE = "nn.RNN"

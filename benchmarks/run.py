@@ -216,10 +216,12 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def complete_implementations(args: argparse.Namespace) -> None:
-    """Fills in the default implementations (all that run on the device) and puts the baseline
+    """Fills in the default implementations (the default ones that run on the device) and puts the baseline
     first where it was not named: every speedup is relative to it."""
     if args.implementations is None:
-        args.implementations = [n for n, i in IMPLEMENTATIONS.items() if args.device in i.devices]
+        args.implementations = [
+            n for n, i in IMPLEMENTATIONS.items() if args.device in i.devices and i.default
+        ]
     if BASELINE not in args.implementations:
         args.implementations.insert(0, BASELINE)
 
@@ -300,7 +302,9 @@ def data(output) -> torch.Tensor:
 
 
 def make_call(fn, x, h0: torch.Tensor, mode: str):
-    """The unit of work timed for a mode."""
+    """The unit of work timed for a mode (an implementation outside torch says what its is)."""
+    if hasattr(fn, "make_call"):
+        return fn.make_call(x, h0, mode)
     if mode == "inference":
 
         def call():
@@ -436,6 +440,12 @@ def unsupported_reason(name: str, config: Config) -> str | None:
         return f"{name} takes no PackedSequence"
     if config.mode == "forward+backward" and not impl.backward:
         return f"{name} has no backward"
+    if impl.dtypes is not None and config.dtype not in impl.dtypes:
+        return f"{name} runs {', '.join(impl.dtypes)} only"
+    if config.mode != "inference" and impl.inference_only:
+        return f"{name} runs inference only"
+    if config.bidirectional and not impl.bidirectional:
+        return f"{name} runs one direction only"
     return None
 
 

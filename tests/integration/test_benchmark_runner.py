@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,8 +20,9 @@ def test_defaults():
     assert set(args.implementations) == {
         name
         for name, impl in implementations.IMPLEMENTATIONS.items()
-        if args.device in impl.devices
+        if args.device in impl.devices and impl.default
     }
+    assert "rnnkern-streaming" not in args.implementations
 
 
 def test_baseline_is_always_measured():
@@ -120,6 +122,59 @@ def test_cell_loops_match_nn_rnn_bidirectional_stack():
     got = implementations.build_cell_loop(reference)(x, h0)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "name, bidirectional",
+    [
+        ("rnnkern-RNNCell-loop", True),
+        ("nn.RNN-streaming", False),
+        ("rnnkern-streaming", False),
+        ("jax", True),
+        ("onnxruntime", True),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_added_implementations_match_nn_rnn(name, bidirectional, dtype):
+    # The cell loop over rnnkern's cells, streaming one step per call, and the peers outside torch
+    # (in requirements.txt, so they run here): each must compute nn.RNN's function, on a stack
+    # with every feature it supports, before the runner may time it.
+    torch.manual_seed(0)
+    reference = torch.nn.RNN(3, 5, 2, bidirectional=bidirectional, nonlinearity="relu", dtype=dtype)
+    directions = 2 if bidirectional else 1
+    x, h0 = torch.randn(7, 2, 3, dtype=dtype), torch.randn(2 * directions, 2, 5, dtype=dtype)
+    config = run.Config("cpu", str(dtype)[6:], "inference", 2, 5, 3, 2, bidirectional, "relu")
+    if name == "onnxruntime" and dtype == torch.float64:
+        # ONNX Runtime has no float64 RNN kernel: the runner says so rather than timing it.
+        assert "float32 only" in run.unsupported_reason(name, config)
+        return
+    assert run.unsupported_reason(name, config) is None
+    with torch.no_grad():
+        expected = reference(x, h0)
+        got = implementations.IMPLEMENTATIONS[name].build(reference)(x, h0)
+    tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=tolerance, rtol=tolerance)
+
+
+def test_peers_time_their_own_work_and_say_what_they_cannot_run():
+    reference = torch.nn.RNN(4, 6)
+    x, h0 = torch.randn(5, 3, 4), torch.randn(1, 3, 6)
+    jax_rnn = implementations.IMPLEMENTATIONS["jax"].build(reference)
+    loss, (weight_grads, grad_x, grad_h0) = run.make_call(jax_rnn, x, h0, "forward+backward")()
+    xg, hg = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    out, h_n = reference(xg, hg)
+    (out.sum() + h_n.sum()).backward()
+    torch.testing.assert_close(float(loss), (out.sum() + h_n.sum()).item(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(grad_x)), xg.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(grad_h0)), hg.grad, rtol=1e-4, atol=1e-5)
+    w_hh_grad = torch.from_numpy(np.asarray(weight_grads[0][0][1]))
+    torch.testing.assert_close(w_hh_grad, reference.weight_hh_l0.grad, rtol=1e-4, atol=1e-5)
+
+    config = run.Config("cpu", "float32", "forward", 1, 8, 8, 1, True, "tanh")
+    assert "inference only" in run.unsupported_reason("onnxruntime", config)
+    assert "one direction" in run.unsupported_reason("rnnkern-streaming", config)
+    assert run.unsupported_reason("jax", config) is None
 
 
 def test_tiny_sweep_writes_table_json_and_plot(tmp_path, capsys):
