@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import rnnkern
 
 from .implementations import BASELINE, IMPLEMENTATIONS
+from .load import outside_load
 from .report import plot_throughput, table
 from .timing import gemm_gflops, interleaved, summary
 
@@ -112,6 +113,14 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         choices=MODES,
         help="any of: inference (forward under torch.no_grad), forward (forward with autograd "
         "recording), forward+backward (one training step); default: forward+backward",
+    )
+    parser.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N cores busy with other processes while timing, as other programs would "
+        "(default: 0)",
     )
 
 
@@ -235,6 +244,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--{name.replace('_', '-')} must all be positive")
     if args.repeats < 1 or args.warmup < 0 or args.layers < 1:
         parser.error("--repeats and --layers must be >= 1, --warmup >= 0")
+    if args.load < 0:
+        parser.error("--load must be >= 0")
 
 
 def configs(args: argparse.Namespace) -> list[Config]:
@@ -561,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     gemm = gemm_gflops(device, dtype)
     meta = run_metadata(device, gemm, argv)
+    meta["outside_load_processes"] = args.load
     print(
         f"{meta['device']}, torch {meta['torch']}, rnnkern {meta['rnnkern']} "
         f"({meta['rnnkern_cpu_isa']}); one {args.dtype} GEMM runs at {gemm:.0f} GFLOP/s"
@@ -569,10 +581,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     all_configs = configs(args)
     total = len(all_configs) * len(args.seq_lens)
     report = {"meta": meta, "configs": []}
-    for index, config in enumerate(all_configs):
-        rows = sweep_seq_lens(config, args, gemm, index * len(args.seq_lens), total)
-        report["configs"].append({"config": asdict(config), "results": rows})
-        print(table(config, rows))
+    with outside_load(args.load):
+        for index, config in enumerate(all_configs):
+            rows = sweep_seq_lens(config, args, gemm, index * len(args.seq_lens), total)
+            report["configs"].append({"config": asdict(config), "results": rows})
+            print(table(config, rows))
     write_outputs(report, Path(args.out), plot=not args.no_plot)
     return report
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -39,6 +41,7 @@ def test_baseline_is_always_measured():
         ["--dtype", "int8"],
         ["--modes", "training"],
         ["--implementations", "mystery"],
+        ["--load", "-1"],
     ],
 )
 def test_bad_arguments_are_rejected(argv, capsys):
@@ -280,3 +283,22 @@ def test_the_plot_says_what_was_not_timed_and_why():
     assert "RNNCell-loop not plotted at seq len 4096, 1024, skipped: too slow" in text
     assert "rnnkern" not in text
     assert _not_timed(results[:1]) == ""
+
+
+def test_outside_load_keeps_cores_busy_only_while_timing():
+    from benchmarks.load import outside_load
+
+    def cpu_seconds(pid: int) -> float:  # user + system time, from /proc (Linux)
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    with outside_load(2) as spinners:
+        assert len(spinners) == 2 and all(p.is_alive() for p in spinners)
+        time.sleep(0.5)  # started
+        start = [cpu_seconds(p.pid) for p in spinners]
+        time.sleep(1.0)
+        busy = [cpu_seconds(p.pid) - s for p, s in zip(spinners, start)]
+        assert all(b > 0.3 for b in busy), busy  # each is using a core (shared with this test)
+    assert not any(p.is_alive() for p in spinners)
+    with outside_load(0) as none:
+        assert none == []
