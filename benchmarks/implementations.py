@@ -14,8 +14,8 @@ runner can check it against nn.RNN and time it the same way:
   meets (one operator call per step).
 - ``rnnkern-streaming``, ``nn.RNN-streaming``: the module called one step at a time, carrying the
   state, as streaming inference does (one direction only: the reverse one needs the future).
-- ``jax``, ``onnxruntime`` (CPU, where installed): the compiled peers outside PyTorch
-  (benchmarks/peers.py).
+- ``jax``, ``onnxruntime`` (CPU, where installed, named with --implementations): the compiled
+  peers outside PyTorch (benchmarks/peers.py).
 - ``rnnkern-floor`` (CUDA, one layer, forward only): rnnkern's persistent kernel with its mat-vec
   left out, so only its barriers and loads remain: the floor a persistent kernel can reach. Its
   output is wrong by design and is not checked.
@@ -227,8 +227,10 @@ IMPLEMENTATIONS = {
         ),
     )
 }
+# The peers are opt-in for now: their thread pools share the process with torch's, and their
+# idle threads spin, which slows the implementations timed beside them (PERFORMANCE.md).
 if peers.installed("jax"):
-    IMPLEMENTATIONS["jax"] = Implementation("jax", build_jax, ("cpu",), packed=False)
+    IMPLEMENTATIONS["jax"] = Implementation("jax", build_jax, ("cpu",), packed=False, default=False)
 if peers.installed("onnxruntime"):
     IMPLEMENTATIONS["onnxruntime"] = Implementation(
         "onnxruntime",
@@ -238,5 +240,6 @@ if peers.installed("onnxruntime"):
         backward=False,
         inference_only=True,
         dtypes=("float32",),  # ONNX Runtime's CPU RNN kernel is float32 only
+        default=False,
     )
 BASELINE = "nn.RNN"

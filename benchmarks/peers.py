@@ -8,7 +8,9 @@ the benchmark runner, each used only where its package is installed (the ``peers
   the others (the sum of the output and the final state), with respect to the input, h0 and every
   weight.
 
-Each is built from the reference nn.RNN's weights, checked against nn.RNN like every other
+They are named with --implementations (not in the default sweep): they run in the runner's process,
+and their thread pools there slow what is timed beside them (JAX's idle threads spin; ONNX
+Runtime's are told not to). Each is built from the reference nn.RNN's weights, checked against nn.RNN like every other
 implementation before it is timed, and timed on arrays already in its own format (converting
 from torch is not part of the work timed). Both use their own thread pools, which by default take
 every core, as torch's does.
@@ -129,6 +131,8 @@ class OnnxRuntimeRNN:
         )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # Idle pool threads that spin would take the cores from whatever is timed next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]
         )

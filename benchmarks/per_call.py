@@ -5,9 +5,11 @@ Run it once per build, each in its own process, alternating, with that build fir
     PYTHONPATH=/path/to/build_a python benchmarks/per_call.py > a1.json
     PYTHONPATH=/path/to/build_b python benchmarks/per_call.py > b1.json   # and again, a2, b2, ...
 
-It prints {case: microseconds per call} as JSON, the minimum over 5 repeats: an RNNCell step at
-batch 1, hidden 64 (and the raw one-step operator), and rnnkern.RNN over four shapes (batch, hidden, steps), one and two directions,
+It prints {case: microseconds per call} as JSON, the minimum over 5 repeats: nn.RNNCell's step
+(the baseline a user compares with), rnnkern.RNNCell's and the raw one-step operator's at batch
+1, hidden 64, and rnnkern.RNN over four shapes (batch, hidden, steps), one and two directions,
 forward (no_grad) and forward+backward. Compare builds as ratios of the minima over runs; absolute
+
 times differ from machine to machine. One thread unless told otherwise (first argument).
 """
 
@@ -57,7 +59,9 @@ def main() -> None:
     cell, x, h = rnnkern.RNNCell(64, 64), torch.randn(1, 64), torch.randn(1, 64)
     weights = [p.detach() for p in cell.parameters()]
     op = torch.ops.rnnkern.elman_layer.default
+    theirs = torch.nn.RNNCell(64, 64)
     with torch.no_grad():
+        times["nn.RNNCell fwd b1 h64"] = best_of(lambda: theirs(x, h), 400)
         times["cell fwd b1 h64"] = best_of(lambda: cell(x, h), 400)
         times["op 1 step b1 h64"] = best_of(lambda: op(x[None], h[None], weights, None, False), 400)
     for batch, hidden, steps in SHAPES:

@@ -43,7 +43,7 @@ void check_kernel_device(const char* op, const at::Tensor& input, c10::DeviceTyp
   TORCH_CHECK(input.device().type() == device, op, ": expected ", name, " tensors, got ",
               input.device());
   TORCH_CHECK(dispatches(device, input.scalar_type()), op, ": the ", name, " kernels support ",
-              kernel_dtype_names(device), "; got ", input.scalar_type());
+              kernel_dtype_names(device), "; got ", c10::getDtypeNames(input.scalar_type()).first);
 }
 
 }  // namespace rnnkern

@@ -160,7 +160,7 @@ def test_ops_name_the_dtypes_the_cpu_kernels_support(dtype):
     # support, from the list the kernels dispatch on, and keep working afterwards.
     x, hx, weights, batch_sizes, relu = layer_args()
     low = [t.detach().to(dtype) for t in (x, hx, *weights)]
-    message = r"the CPU kernels support float32, float64; got (BFloat16|Half)"
+    message = r"the CPU kernels support float32, float64; got (bfloat16|float16)"
     with pytest.raises(RuntimeError, match=message):
         elman_layer(low[0], low[1], low[2:], batch_sizes, relu)
     stacked = [torch.stack([w]) for w in low[2:4]]
