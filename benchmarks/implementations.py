@@ -34,6 +34,7 @@ from torch import Tensor, nn
 import rnnkern
 
 from . import peers
+from .rnn_weights import parameter_suffixes
 
 RnnFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -64,12 +65,10 @@ def build_nn_rnn(reference: nn.RNN) -> RnnFn:
 def cells_of(reference: nn.RNN, cell_class: type = nn.RNNCell) -> list[list[nn.RNNCell]]:
     """Cells (nn.RNNCell, or another class with its arguments) copying each layer and direction of
     ``reference``: cells[layer][direction]."""
-    directions = 2 if reference.bidirectional else 1
     cells = []
-    for layer in range(reference.num_layers):
+    for suffixes in parameter_suffixes(reference):
         row = []
-        for d in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
+        for suffix in suffixes:
             w_ih = getattr(reference, "weight_ih" + suffix)
             cell = cell_class(
                 w_ih.shape[1],

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .rnn_weights import parameter_suffixes
+
 
 def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
@@ -32,12 +34,10 @@ def installed(package: str) -> bool:
 
 def weights_by_layer(reference: nn.RNN) -> list[list[tuple[np.ndarray, ...]]]:
     """[layer][direction] = (W_ih, W_hh, b_ih + b_hh) as NumPy arrays (zero bias without bias)."""
-    directions = 2 if reference.bidirectional else 1
     layers = []
-    for layer in range(reference.num_layers):
+    for suffixes in parameter_suffixes(reference):
         row = []
-        for d in range(directions):
-            suffix = f"_l{layer}" + ("_reverse" if d == 1 else "")
+        for suffix in suffixes:
             w_ih = getattr(reference, "weight_ih" + suffix).detach().cpu().numpy()
             w_hh = getattr(reference, "weight_hh" + suffix).detach().cpu().numpy()
             if reference.bias:

@@ -35,9 +35,7 @@ void backward_loop(BackwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_backward_cpu", [&] {
     auto recur = [&](int64_t d, const auto& after_step) {
-      const DirectionLoop<scalar_t> p{kernels<scalar_t>(),      L,
-                                      /*reverse=*/d == 1,       activation(c.relu),
-                                      c.weight_hh.select(0, d), d * s.hidden};
+      const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d));
       Tensor dstate = c.grad_h0.select(0, d);
       backward_direction<scalar_t>(p, c.dy, c.y, c.dz, dstate, after_step);
     };

@@ -29,6 +29,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_lay
 
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
+// Direction d of a layer's time loop: the second direction is the reversed one, and its columns
+// start at d * H.
+template <typename T>
+DirectionLoop<T> direction_loop(const LayerShape& s, int64_t d, bool relu, const at::Tensor& w_hh) {
+  return {kernels<T>(), s.layout, /*reverse=*/d == 1, activation(relu), w_hh, d * s.hidden};
+}
+
 // Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
 // small enough that the recurrence does not wait long for the first one.
 constexpr int64_t kPipelineStepsPerBlock = 32;

@@ -17,9 +17,7 @@ void forward_loop(ForwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
     auto run = [&](int64_t d, const auto& before_step) {
-      const DirectionLoop<scalar_t> p{kernels<scalar_t>(),        L,
-                                      /*reverse=*/d == 1,         activation(c.relu),
-                                      weight_hh(c.weights, s, d), d * s.hidden};
+      const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d));
       at::Tensor state = c.h_n.select(0, d);
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
