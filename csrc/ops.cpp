@@ -42,7 +42,7 @@ namespace {
 
 // "float32" -> at::kFloat, among the dtypes any kernel supports.
 [[maybe_unused]] at::ScalarType dtype_named(const std::string& name) {
-  for (at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
+  for (at::ScalarType t : rnnkern::kFloatingDtypes)
     if (name == c10::getDtypeNames(t).first) return t;
   throw std::invalid_argument("not a floating-point dtype name: " + name);
 }

@@ -26,7 +26,7 @@ bool dispatches(c10::DeviceType device, at::ScalarType dtype) {
 
 std::vector<at::ScalarType> kernel_dtypes(c10::DeviceType device) {
   std::vector<at::ScalarType> dtypes;
-  for (at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
+  for (at::ScalarType t : kFloatingDtypes)
     if (dispatches(device, t)) dtypes.push_back(t);
   return dtypes;
 }

@@ -22,6 +22,10 @@
 
 namespace rnnkern {
 
+// Every dtype some device's kernels might be compiled for: what kernel_dtypes() tries.
+inline constexpr at::ScalarType kFloatingDtypes[] = {at::kFloat, at::kDouble, at::kHalf,
+                                                     at::kBFloat16};
+
 // The dtypes the macro above dispatches for `device` (CPU or CUDA), in torch's names ("float32").
 std::vector<at::ScalarType> kernel_dtypes(c10::DeviceType device);
 std::string kernel_dtype_names(c10::DeviceType device);  // "float32, float64"

@@ -120,11 +120,11 @@ at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
   return at::cat({role(w, s, 0), role(w, s, 1)});
 }
 
-BackwardLayer check_backward_args(const char* op, const at::Tensor& grad_output,
-                                  const at::Tensor& grad_h_n, const at::Tensor& input,
-                                  const at::Tensor& hx, const at::Tensor& weight_ih,
-                                  const at::Tensor& weight_hh, const at::Tensor& output,
-                                  const std::optional<at::Tensor>& batch_sizes) {
+LayerShape check_backward_args(const char* op, const at::Tensor& grad_output,
+                               const at::Tensor& grad_h_n, const at::Tensor& input,
+                               const at::Tensor& hx, const at::Tensor& weight_ih,
+                               const at::Tensor& weight_hh, const at::Tensor& output,
+                               const std::optional<at::Tensor>& batch_sizes) {
   const int64_t D = hx.dim() == 3 ? hx.size(0) : -1;
   TORCH_CHECK(weight_ih.dim() == 3 && weight_hh.dim() == 3 && weight_ih.size(0) == D &&
                   weight_hh.size(0) == D,
@@ -133,13 +133,13 @@ BackwardLayer check_backward_args(const char* op, const at::Tensor& grad_output,
               "(num_directions, hidden_size, input_size or hidden_size), got shapes ",
               shape_str(weight_ih.sizes()), " and ", shape_str(weight_hh.sizes()),
               " with hx of shape ", shape_str(hx.sizes()));
-  BackwardLayer b;
+  // Checked as elman_layer's weights list: [weight_ih[0], weight_hh[0], ...].
+  std::vector<at::Tensor> weights;
   for (int64_t d = 0; d < D; ++d) {
-    b.weights.push_back(weight_ih.select(0, d));
-    b.weights.push_back(weight_hh.select(0, d));
+    weights.push_back(weight_ih.select(0, d));
+    weights.push_back(weight_hh.select(0, d));
   }
-  b.shape = check_layer_args(op, input, hx, b.weights, batch_sizes);
-  const LayerShape& s = b.shape;
+  const LayerShape s = check_layer_args(op, input, hx, weights, batch_sizes);
   const SequenceLayout& L = s.layout;
   const int64_t DH = s.directions * s.hidden;
   const std::vector<int64_t> out_shape = s.packed ? std::vector<int64_t>{L.total_rows, DH}
@@ -147,7 +147,7 @@ BackwardLayer check_backward_args(const char* op, const at::Tensor& grad_output,
   check_like(op, "output", output, input, out_shape);
   check_like(op, "grad_output", grad_output, input, out_shape);
   check_like(op, "grad_h_n", grad_h_n, input, {s.directions, L.batch, s.hidden});
-  return b;
+  return s;
 }
 
 }  // namespace rnnkern

@@ -76,17 +76,12 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
 // was expected and what came): weight_ih (D, H, I) and weight_hh (D, H, H) stacked over the
 // directions, output and grad_output of the forward's output shape, grad_h_n of hx's, all of
 // input's dtype and device. Returns the layer's shape (has_bias is false: the backward needs no
-// bias) and the weights as the per-direction list [weight_ih[0], weight_hh[0], ...] that the time
-// loops read.
-struct BackwardLayer {
-  LayerShape shape;
-  std::vector<at::Tensor> weights;
-};
-BackwardLayer check_backward_args(const char* op, const at::Tensor& grad_output,
-                                  const at::Tensor& grad_h_n, const at::Tensor& input,
-                                  const at::Tensor& hx, const at::Tensor& weight_ih,
-                                  const at::Tensor& weight_hh, const at::Tensor& output,
-                                  const std::optional<at::Tensor>& batch_sizes);
+// bias).
+LayerShape check_backward_args(const char* op, const at::Tensor& grad_output,
+                               const at::Tensor& grad_h_n, const at::Tensor& input,
+                               const at::Tensor& hx, const at::Tensor& weight_ih,
+                               const at::Tensor& weight_hh, const at::Tensor& output,
+                               const std::optional<at::Tensor>& batch_sizes);
 
 // The weights of direction d, by role.
 inline const at::Tensor& weight_ih(at::TensorList w, const LayerShape& s, int64_t d) {

@@ -85,14 +85,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   BackwardCall c;
   c.shape = check_backward_args(op, grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
-                                batch_sizes)
-                .shape;
+                                batch_sizes);
   check_kernel_device(op, input, device);
   const at::OptionalDeviceGuard device_guard(at::device_of(input));
   const LayerShape& s = c.shape;
   const int64_t H = s.hidden, D = s.directions, N = s.layout.total_rows;
-  std::tie(c.need_input, c.need_hx, c.need_weights, c.need_bias) =
-      std::tuple(output_mask[0], output_mask[1], output_mask[2], output_mask[3]);
+  c.need_input = output_mask[0];
+  c.need_hx = output_mask[1];
+  c.need_weights = output_mask[2];
+  c.need_bias = output_mask[3];
 
   c.relu = relu;
   c.weight_ih = weight_ih;
