@@ -1,9 +1,11 @@
 // The rnnkern operators: declared once here, implemented per device as a time loop handed to the
 // layer driver (layer/layer_driver.h; cpu/register_cpu.cpp, cuda/elman_cuda.cu), with autograd in
-// autograd.cpp and fake tensors in rnnkern/_ops.py. Also the Python module rnnkern._C.
+// autograd_layer.cpp and autograd_cell.cpp and fake tensors in rnnkern/_ops.py. Also the Python
+// module rnnkern._C. The cell operator has a CPU implementation only (cpu/elman_cell_cpu.cpp).
 //
 // Schemas use nn.RNN's conventions: weights is one layer's slice of nn.RNN's _flat_weights, hx is
-// (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See elman_layer_args.h.
+// (num_directions, batch, hidden_size), batch_sizes is a PackedSequence's. See layer/layer_args.h.
+
 //
 // The backward takes each weight role stacked over the directions (weight_ih (D, H, I), weight_hh
 // (D, H, H); it needs no bias) and returns fixed tensors, no Tensor[]: an operator without tensor
@@ -11,7 +13,15 @@
 // (gradcheck's check_batched_grad, autograd.grad's is_grads_batched) run the backward under.
 // grad_bias (D, H) is the gradient of bias_ih and of bias_hh alike. output_mask says which of
 // (grad_input, grad_hx, the weight gradients, grad_bias) to compute; the others come back empty.
+//
+// elman_cell is one step of nn.RNNCell with its arguments (input (B, I), hx (B, H), the weights
+// in its layout, biases both or neither): the module's fast path for calls one step at a time,
+// where a layer call's generality would cost more than the step. Its backward follows
+// elman_layer_backward's conventions without the direction dimension.
+
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <pybind11/pybind11.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
@@ -36,6 +46,13 @@ TORCH_LIBRARY(rnnkern, m) {
       " Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor? batch_sizes, bool relu,"
       " bool[4] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih,"
       " Tensor grad_weight_hh, Tensor grad_bias)");
+  m.def(
+      "elman_cell(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih,"
+      " Tensor? bias_hh, bool relu) -> Tensor");
+  m.def(
+      "elman_cell_backward(Tensor grad, Tensor input, Tensor hx, Tensor weight_ih,"
+      " Tensor weight_hh, Tensor output, bool relu, bool[4] output_mask) -> (Tensor grad_input,"
+      " Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias)");
 }
 
 namespace {
@@ -45,6 +62,22 @@ namespace {
   for (at::ScalarType t : rnnkern::kFloatingDtypes)
     if (name == c10::getDtypeNames(t).first) return t;
   throw std::invalid_argument("not a floating-point dtype name: " + name);
+}
+
+// torch.ops.rnnkern.elman_cell without the Python half of torch.ops: its call parses the arguments
+// against the schema into a stack of IValues, which at one step costs as much as the step (see
+// PERFORMANCE.md). This is the same operator through the same dispatcher (autograd included),
+// with arguments converted by pybind11.
+at::Tensor elman_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                      const std::optional<at::Tensor>& bias_hh, bool relu) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("rnnkern::elman_cell", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, bool)>();
+  return op.call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
 }
 
 }  // namespace
@@ -78,8 +111,11 @@ PYBIND11_MODULE(_C, module) {
       },
       "elman_layer's argument checks alone, for the path that does not reach the operator "
       "(rnnkern/composite.py); raises RuntimeError as the operator does.");
+  module.def("elman_cell", torch::wrap_pybind_function_no_gil(elman_cell),
+             "torch.ops.rnnkern.elman_cell's eager fast path (same arguments, same errors).");
   module.def(
       "kernel_dtypes",
+
       [](const std::string& device) {
         std::vector<std::string> names;
         for (at::ScalarType t : rnnkern::kernel_dtypes(c10::Device(device).type()))

@@ -7,7 +7,7 @@ and implemented per device in csrc/. This module adds what the dispatcher needs 
   running a kernel.
 
 The autograd formula of elman_layer (the fused BPTT op elman_layer_backward) is registered in C++
-(csrc/autograd.cpp), so no Python runs per call. Nothing here computes; the kernels do.
+(csrc/autograd_layer.cpp), so no Python runs per call. Nothing here computes; the kernels do.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor
 from . import _C  # noqa: F401  (importing the extension registers the operators)
 
 elman_layer_op = torch.ops.rnnkern.elman_layer.default
+elman_cell_op = torch.ops.rnnkern.elman_cell.default
 
 
 def _dtypes(device: str) -> tuple[torch.dtype, ...]:
@@ -125,4 +126,43 @@ def _elman_layer_backward_fake(
         empty_unless(need_weights, weight_ih, weight_ih.shape),
         empty_unless(need_weights, weight_hh, weight_hh.shape),
         empty_unless(need_bias, hx, (directions, hidden)),
+    )
+
+
+@torch.library.register_fake("rnnkern::elman_cell")
+def _elman_cell_fake(
+    input: Tensor,
+    hx: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    biases = [b for b in (bias_ih, bias_hh) if b is not None]
+    _check_same_device("rnnkern::elman_cell", input, [hx, weight_ih, weight_hh, *biases])
+    return hx.new_empty(hx.shape)
+
+
+@torch.library.register_fake("rnnkern::elman_cell_backward")
+def _elman_cell_backward_fake(
+    grad: Tensor,
+    input: Tensor,
+    hx: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    output: Tensor,
+    relu: bool,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_same_device(
+        "rnnkern::elman_cell_backward", input, [grad, hx, weight_ih, weight_hh, output]
+    )
+    need_input, need_hx, need_weights, need_bias = output_mask
+    return (
+        input.new_empty(input.shape if need_input else (0,)),
+        hx.new_empty(hx.shape if need_hx else (0,)),
+        weight_ih.new_empty(weight_ih.shape if need_weights else (0,)),
+        weight_hh.new_empty(weight_hh.shape if need_weights else (0,)),
+        hx.new_empty((hx.shape[1],) if need_bias else (0,)),
     )

@@ -1,6 +1,6 @@
 """Which implementation an eager layer call runs: the fused operator, or one of two others.
 
-The fused operator's autograd is a C++ function (csrc/autograd.cpp), which keeps Python out of
+The fused operator's autograd is a C++ function (csrc/autograd_layer.cpp), which keeps Python out of
 every training step but is opaque to torch.func's transforms and to forward-mode AD. Under those,
 a layer runs in plain differentiable torch operations instead (composite.py), which every
 transform sees through. Under torch.onnx.export's dynamo exporter, a layer becomes the ONNX RNN
@@ -42,3 +42,15 @@ def layer_route(tensors: Iterable[Tensor]) -> str:
 def exporting_to_onnx() -> bool:
     """Whether torch.onnx.export's dynamo exporter is tracing this call."""
     return torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()
+
+
+def plain_eager_kernel_call(tensors: Iterable[Tensor]) -> bool:
+    """Whether a call on ``tensors`` runs the fused kernels in plain eager mode: not under a
+    torch.func transform, forward AD, torch.compile, nor torch.jit.trace (whose graph must hold
+    the operators the ONNX exporter translates). Only then may a module call the one-step cell
+    operator through rnnkern._C rather than torch.ops."""
+    return (
+        not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and layer_route(tensors) is KERNEL
+    )

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _routing, onnx_export
-from ._ops import KERNEL_DTYPES, has_kernel, scripted_has_kernel
-from .functional import _NONLINEARITIES, elman_rnn, run_layer
+from . import _C, _routing, onnx_export
+from ._ops import KERNEL_DTYPES, elman_cell_op, scripted_has_kernel
+from .functional import _NONLINEARITIES, elman_rnn, elman_rnn_one_step, run_layer
 
 _warned_fallback: set[tuple[str, torch.dtype]] = set()
 
@@ -50,35 +50,63 @@ def _warn_fallback(module: str, device: torch.device, dtype: torch.dtype) -> Non
         )
 
 
-def _autocast_enabled(device: torch.device) -> bool:
+def _autocast_enabled(device_type: str) -> bool:
     try:
-        return torch.is_autocast_enabled(device.type)
+        return torch.is_autocast_enabled(device_type)
     except RuntimeError:  # a device type autocast does not know, such as meta
         return False
 
 
-def _kernel_dtype(input: Tensor, hx: Tensor, weights: list[Tensor]) -> torch.dtype | None:
+def _kernel_dtype(
+    input: Tensor, hx: Tensor, weights: list[Tensor], device_type: str, autocast: bool
+) -> torch.dtype | None:
     """The dtype a fused kernel runs this call in, or None for torch's own RNN implementation.
+    ``device_type`` is input.device.type and ``autocast`` _autocast_enabled(device_type), which
+    the caller has asked already (each question costs a cell call about 0.5 us).
 
     Under autocast, nn.RNN computes in autocast's lower-precision dtype (float16 on its cuDNN path;
-    its float32 tensors are cast, float64 ones are not): a kernel for that dtype does the same, and where there is none,
-    torch's RNN applies autocast's rules itself, so the result is nn.RNN's either way.
+    its float32 tensors are cast, float64 ones are not): a kernel for that dtype does the same, and
+    where there is none, torch's RNN applies autocast's rules itself, so the result is nn.RNN's
+    either way.
     """
-    tensors = (input, hx, *weights)
-    device = input.device
-    if _autocast_enabled(device) and any(t.dtype != torch.float64 for t in tensors):
-        dtype = torch.get_autocast_dtype(device.type)
-        if device.type == "cuda" and torch.backends.cudnn.enabled:
+    kernel_dtypes = KERNEL_DTYPES.get(device_type, ())
+    if autocast and any(t.dtype != torch.float64 for t in (input, hx, *weights)):
+        dtype = torch.get_autocast_dtype(device_type)
+        if device_type == "cuda" and torch.backends.cudnn.enabled:
             # nn.RNN's cuDNN path casts to float16 whatever autocast's dtype (ATen's AutocastRNN).
             dtype = torch.float16
-        return dtype if has_kernel(device, dtype) else None
+        return dtype if dtype in kernel_dtypes else None
+    # A plain loop: this runs on every call of a cell, where a generator's cost shows.
     dtype = input.dtype
-    return dtype if has_kernel(device, dtype) and all(t.dtype == dtype for t in tensors) else None
+    if dtype not in kernel_dtypes or hx.dtype != dtype:
+        return None
+    for w in weights:
+        if w.dtype != dtype:
+            return None
+    return dtype
+
+
+_CELL_PARAMETERS = ["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+
+
+def _parameter_values(module: nn.Module, names: list[str]) -> list[Optional[Tensor]]:
+    """The named parameters' values as they are now, read from module._parameters: getattr goes
+    through nn.Module.__getattr__, about 0.9 us per name, which a module called one step at a time
+    pays on every call. torch.func.functional_call puts its substitutes there too; a parametrized
+    weight (torch.nn.utils.parametrize) or one set as a plain attribute is not, and is read by
+    name."""
+    params = module._parameters
+    try:
+        return [params[name] for name in names]
+    except KeyError:
+        return [getattr(module, name) for name in names]
 
 
 def _warn_if_no_kernel_for(module: str, input: Tensor, hx: Tensor, weights: list[Tensor]) -> None:
     # Only when the dtype is the reason: not for autocast, nor for mixed dtypes (which raise).
-    if not _autocast_enabled(input.device) and all(t.dtype == input.dtype for t in (hx, *weights)):
+    if not _autocast_enabled(input.device.type) and all(
+        t.dtype == input.dtype for t in (hx, *weights)
+    ):
         _warn_fallback(module, input.device, input.dtype)
 
 
@@ -282,19 +310,41 @@ class RNN(nn.RNNBase):
         self, data: Tensor, hx: Tensor, batch_sizes: Optional[Tensor]
     ) -> tuple[Tensor, Tensor]:
         # By name, so that torch.func.functional_call's substitutes are what runs.
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        if hx.dtype != data.dtype and not _autocast_enabled(data.device):
+        weights = _parameter_values(self, self._flat_weights_names)
+        device_type = data.device.type
+        autocast = _autocast_enabled(device_type)
+        if hx.dtype != data.dtype and not autocast:
             raise RuntimeError(
                 f"rnnkern.RNN: {_dtype_mismatch(hx.dtype, data.dtype)}: hx has dtype {hx.dtype} "
                 f"but input has {data.dtype}; they must match (hx.to({data.dtype}))"
             )
-        dtype = _kernel_dtype(data, hx, weights)
+        dtype = _kernel_dtype(data, hx, weights, device_type, autocast)
+
         if dtype is None:
             _warn_if_no_kernel_for("RNN", data, hx, weights)
             return self._torch_rnn(data, hx, weights, batch_sizes)
         if dtype != data.dtype or any(w.dtype != dtype for w in weights):
             # Only under autocast (differentiable: gradients reach the float32 parameters).
             data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
+        step_dim = 1 if self.batch_first else 0
+        if (
+            batch_sizes is None
+            and data.shape[step_dim] == 1
+            and device_type == "cpu"
+            and _routing.plain_eager_kernel_call([data, hx, *weights])
+        ):
+            # Streaming, one step per call: one cell operator call per layer and direction.
+            output, h_n = elman_rnn_one_step(
+                data.select(step_dim, 0),
+                hx,
+                weights,
+                self.num_layers,
+                self.bidirectional,
+                self.nonlinearity == "relu",
+                self.dropout,
+                self.training,
+            )
+            return output.unsqueeze(step_dim), h_n
         return self._kernel_layers(data, hx, weights, batch_sizes)
 
     def _kernel_layers(
@@ -400,56 +450,76 @@ class RNNCell(nn.RNNCell):
             raise RuntimeError(
                 f"rnnkern.RNNCell: Unknown nonlinearity: {self.nonlinearity} (use 'tanh' or 'relu')"
             )
-        weights = [self.weight_ih, self.weight_hh]
-        bias_ih, bias_hh = self.bias_ih, self.bias_hh
-        if bias_ih is not None and bias_hh is not None:
-            weights += [bias_ih, bias_hh]
         if torch.jit.is_scripting():
+            weights = [self.weight_ih, self.weight_hh]
+            bias_ih, bias_hh = self.bias_ih, self.bias_hh
+            if bias_ih is not None and bias_hh is not None:
+                weights += [bias_ih, bias_hh]
             if scripted_has_kernel([x, h] + weights):
                 out = self._kernel_step(x, h, weights)
             else:
                 out = self._torch_step(x, h)
         else:
-            out = self._eager_step(x, h, weights)
+            out = self._eager_step(x, h, self._current_weights())
         return out if batched else out.squeeze(0)
 
+    @torch.jit.unused
+    def _current_weights(self) -> list[Tensor]:
+        """[weight_ih, weight_hh] (+ [bias_ih, bias_hh]) as they are now."""
+        w_ih, w_hh, b_ih, b_hh = _parameter_values(self, _CELL_PARAMETERS)
+        return [w_ih, w_hh] if b_ih is None or b_hh is None else [w_ih, w_hh, b_ih, b_hh]
+
     def _check_shapes(self, x: Tensor, h: Tensor) -> None:
-        # nn.RNNCell's checks (ATen's check_rnn_cell_forward_*), in its order and words.
-        if x.size(1) != self.input_size:
+        # nn.RNNCell's checks (ATen's check_rnn_cell_forward_*), in its order and words. Each shape
+        # is read once: every x.size(i) is a call, and a cell runs this on every step.
+        xs, hs = x.shape, h.shape
+        if xs[1] != self.input_size:
             raise RuntimeError(
-                f"rnnkern.RNNCell: input has inconsistent input_size: got {x.size(1)} expected "
-                f"{self.input_size} (input of shape {list(x.shape)})"
+                f"rnnkern.RNNCell: input has inconsistent input_size: got {xs[1]} expected "
+                f"{self.input_size} (input of shape {list(xs)})"
             )
-        if x.size(0) != h.size(0):
+        if xs[0] != hs[0]:
             raise RuntimeError(
-                f"rnnkern.RNNCell: Input batch size {x.size(0)} doesn't match hidden0 batch size "
-                f"{h.size(0)} (input of shape {list(x.shape)}, hx of shape {list(h.shape)})"
+                f"rnnkern.RNNCell: Input batch size {xs[0]} doesn't match hidden0 batch size "
+                f"{hs[0]} (input of shape {list(xs)}, hx of shape {list(hs)})"
             )
-        if h.size(1) != self.hidden_size:
+        if hs[1] != self.hidden_size:
             raise RuntimeError(
-                f"rnnkern.RNNCell: hidden0 has inconsistent hidden_size: got {h.size(1)}, "
-                f"expected {self.hidden_size} (hx of shape {list(h.shape)})"
+                f"rnnkern.RNNCell: hidden0 has inconsistent hidden_size: got {hs[1]}, "
+                f"expected {self.hidden_size} (hx of shape {list(hs)})"
             )
 
     @torch.jit.unused
     def _eager_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:
-        weight_dtype = self.weight_ih.dtype
-        if (x.dtype != weight_dtype or h.dtype != weight_dtype) and not _autocast_enabled(x.device):
+        """One step in eager mode (and under torch.compile), where this runs on every call of a
+        cell in a Python loop: the common case asks only cheap questions (see PERFORMANCE.md)."""
+        device_type = x.device.type
+        autocast = _autocast_enabled(device_type)
+        weight_dtype = weights[0].dtype
+        if (x.dtype != weight_dtype or h.dtype != weight_dtype) and not autocast:
             name, t = ("input", x) if x.dtype != weight_dtype else ("hx", h)
             raise RuntimeError(
                 f"rnnkern.RNNCell: {_dtype_mismatch(t.dtype, weight_dtype)}: {name} is "
                 f"{t.dtype} and the parameters are {weight_dtype}. Convert {name} "
                 f"({name}.to({weight_dtype})) or the module (cell.to({t.dtype}))"
             )
-        if _routing.layer_route([x, h, *weights]) is _routing.COMPOSITE:
+        route = _routing.layer_route([x, h, *weights])
+        if route is _routing.COMPOSITE:
             return self._torch_step(x, h)  # nn.RNNCell's own cell: torch.func sees through it
-        dtype = _kernel_dtype(x, h, weights)
+        dtype = _kernel_dtype(x, h, weights, device_type, autocast)
         if dtype is None:
             _warn_if_no_kernel_for("RNNCell", x, h, weights)
             return self._torch_step(x, h)
-        if dtype != x.dtype or any(w.dtype != dtype for w in weights):
+        if autocast and (dtype != x.dtype or any(w.dtype != dtype for w in weights)):
             # Only under autocast (differentiable: gradients reach the float32 parameters).
             x, h, weights = x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights]
+        if route is _routing.KERNEL and device_type == "cpu" and not torch.jit.is_tracing():
+            # The one-step operator (CPU): called through torch.ops where torch.compile traces it,
+            # else straight into the dispatcher (_C.elman_cell). Traced graphs keep the layer
+            # operator, which the ONNX exporter translates.
+            cell = elman_cell_op if torch.compiler.is_compiling() else _C.elman_cell
+            biases = (weights[2], weights[3]) if len(weights) == 4 else (None, None)
+            return cell(x, h, weights[0], weights[1], *biases, self.nonlinearity == "relu")
         return self._kernel_step(x, h, weights)
 
     def _kernel_step(self, x: Tensor, h: Tensor, weights: list[Tensor]) -> Tensor:

@@ -27,6 +27,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_lay
     const at::Tensor& output, const std::optional<at::Tensor>& batch_sizes, bool relu,
     std::array<bool, 4> output_mask);
 
+at::Tensor elman_cell_cpu(const at::Tensor& input, const at::Tensor& hx,
+                          const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                          const std::optional<at::Tensor>& bias_ih,
+                          const std::optional<at::Tensor>& bias_hh, bool relu);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cell_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& output, bool relu,
+    std::array<bool, 4> output_mask);
+
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
 // Direction d of a layer's time loop: the second direction is the reversed one, and its columns

@@ -24,8 +24,8 @@ struct Kernels {
   int64_t width;    // SIMD lanes; matrices passed as `m` have rows padded to a multiple of this
 
   // out[r, 0:n] (op)= x[r, 0:k] @ m[0:k, 0:n] for r < rows. `m` is row-major with row stride
-  // m_stride >= round_up(n, width) and readable (zero) padding past n. Row-blocked so each load of
-  // `m` feeds several rows of x: this is the small-batch mat-vec of the recurrence.
+  // m_stride >= n; nothing past column n is read. Row-blocked so each load of `m` feeds several
+  // rows of x: this is the small-batch mat-vec of the recurrence.
   void (*rows_times_matrix)(Epilogue epilogue, Activation act, int64_t rows, const T* x,
                             int64_t x_stride, int64_t k, const T* m, int64_t m_stride, int64_t n,
                             T* out, int64_t out_stride);
@@ -35,9 +35,17 @@ struct Kernels {
 
   // dz[r, 0:n] = (dh[r, 0:n] + dy[r, 0:n]) * act'(y[r, 0:n]), where act' is written in terms of the
   // activation's output y: 1 - y^2 for tanh, [y > 0] for relu (as ATen's tanh/threshold backward).
+  // dy may be null: dz = dh * act'(y).
   void (*activation_backward_rows)(Activation act, int64_t rows, int64_t n, const T* dh,
                                    int64_t dh_stride, const T* dy, int64_t dy_stride, const T* y,
                                    int64_t y_stride, T* dz, int64_t dz_stride);
+
+  // One cell step on weights in nn.RNNCell's own layout (no transposed copy):
+  //   out[r, j] = act(bias_a[j] + bias_b[j] + a[r, 0:ka] . A[j, 0:ka] + b[r, 0:kb] . B[j, 0:kb])
+  // for r < rows, j < n. A (n, ka) and B (n, kb) are contiguous row-major; either bias may be null.
+  void (*cell_forward)(Activation act, int64_t rows, const T* a, int64_t a_stride, int64_t ka,
+                       const T* A, const T* b, int64_t b_stride, int64_t kb, const T* B,
+                       const T* bias_a, const T* bias_b, int64_t n, T* out, int64_t out_stride);
 };
 
 // The tables one instruction set provides (defined in kernels_<isa>.cpp).

@@ -7,8 +7,9 @@
 // at column `col`, with the R*C accumulators kept in registers for the whole k loop. Every load of
 // m feeds R fused multiply-adds, which is what makes small batches cheaper than R separate
 // mat-vecs. `valid` is how many of the C*W columns exist (only the last block of a row may be
-// short).
-template <class V, int R, int C>
+// short). With kPartialLast, the last of the C vectors holds fewer than W of them and is loaded
+// masked, so nothing past column `valid` of m is read (m need not be padded).
+template <class V, int R, int C, bool kPartialLast = false>
 inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x,
                          int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                          typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
@@ -18,10 +19,13 @@ inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T*
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
 
+  const int64_t last_lanes = valid - (C - 1) * W;
   const typename V::T* mp = m + col;
   for (int64_t i = 0; i < k; ++i, mp += m_stride) {
     Reg w[C];
-    for (int c = 0; c < C; ++c) w[c] = V::load(mp + c * W);
+    for (int c = 0; c < C; ++c)
+      w[c] = kPartialLast && c == C - 1 ? V::load_partial(mp + c * W, last_lanes)
+                                        : V::load(mp + c * W);
     for (int r = 0; r < R; ++r) {
       const Reg xv = V::broadcast(x[r * x_stride + i]);
       for (int c = 0; c < C; ++c) acc[r][c] = V::fmadd(xv, w[c], acc[r][c]);
@@ -68,7 +72,11 @@ void narrow_block(int64_t vectors, Epilogue epilogue, Activation act, const type
       return;
     }
   }
-  matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, valid);
+  if (valid % V::kWidth != 0)
+    matrix_block<V, R, Cn, true>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col,
+                                 valid);
+  else
+    matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, valid);
 }
 
 template <class V, int R>
@@ -138,7 +146,8 @@ void activation_backward_rows(Activation act, int64_t rows, int64_t n, const typ
   auto one = [&](int64_t r, int64_t j, int64_t lanes) {
     const bool full = lanes >= W;
     auto ld = [&](const typename V::T* p) { return full ? V::load(p) : V::load_partial(p, lanes); };
-    const auto g = V::add(ld(dh + r * dh_stride + j), ld(dy + r * dy_stride + j));
+    const auto g = dy ? V::add(ld(dh + r * dh_stride + j), ld(dy + r * dy_stride + j))
+                      : ld(dh + r * dh_stride + j);
     const auto yv = ld(y + r * y_stride + j);
     const auto d = act == Activation::kTanh ? V::tanh_backward(g, yv) : V::relu_backward(g, yv);
     if (full)
@@ -153,8 +162,84 @@ void activation_backward_rows(Activation act, int64_t rows, int64_t n, const typ
   }
 }
 
+// acc[r][j] += x[r, :] . m[j, :] over the k columns of R rows of x and J rows of m (row stride k),
+// lane by lane; the masked tail reads nothing past column k.
+template <class V, int R, int J>
+inline void accumulate_dots(const typename V::T* x, int64_t x_stride, int64_t k,
+                            const typename V::T* m, typename V::Reg (&acc)[R][J]) {
+  using Reg = typename V::Reg;
+  constexpr int W = V::kWidth;
+  auto step = [&](int64_t i, int64_t lanes) {
+    auto ld = [&](const typename V::T* p) {
+      return lanes >= W ? V::load(p + i) : V::load_partial(p + i, lanes);
+    };
+    Reg xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = ld(x + r * x_stride);
+    for (int j = 0; j < J; ++j) {
+      const Reg w = ld(m + j * k);
+      for (int r = 0; r < R; ++r) acc[r][j] = V::fmadd(xv[r], w, acc[r][j]);
+    }
+  };
+  int64_t i = 0;
+  for (; i + W <= k; i += W) step(i, W);
+  if (i < k) step(i, k - i);
+}
+
+// The pre-activations of units [j, j + J) for R rows of cell_forward (see there), with the R*J dot
+// products in registers until their one horizontal sum each: every load of a weight row feeds R
+// rows.
+template <class V, int R, int J>
+inline void cell_units(const typename V::T* a, int64_t a_stride, int64_t ka, const typename V::T* A,
+                       const typename V::T* b, int64_t b_stride, int64_t kb, const typename V::T* B,
+                       const typename V::T* bias_a, const typename V::T* bias_b, int64_t j,
+                       typename V::T* out, int64_t out_stride) {
+  using T = typename V::T;
+  typename V::Reg acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < J; ++u) acc[r][u] = V::zero();
+  accumulate_dots<V, R, J>(a, a_stride, ka, A + j * ka, acc);
+  accumulate_dots<V, R, J>(b, b_stride, kb, B + j * kb, acc);
+  for (int u = 0; u < J; ++u) {
+    const T bias = (bias_a ? bias_a[j + u] : T(0)) + (bias_b ? bias_b[j + u] : T(0));
+    for (int r = 0; r < R; ++r) out[r * out_stride + j + u] = V::sum(acc[r][u]) + bias;
+  }
+}
+
+template <class V, int R>
+void cell_rows(Activation act, const typename V::T* a, int64_t a_stride, int64_t ka,
+               const typename V::T* A, const typename V::T* b, int64_t b_stride, int64_t kb,
+               const typename V::T* B, const typename V::T* bias_a, const typename V::T* bias_b,
+               int64_t n, typename V::T* out, int64_t out_stride) {
+  constexpr int kUnits = 4;  // R*4 accumulators, R rows and a weight vector: within 16 registers
+  int64_t j = 0;
+  for (; j + kUnits <= n; j += kUnits)
+    cell_units<V, R, kUnits>(a, a_stride, ka, A, b, b_stride, kb, B, bias_a, bias_b, j, out,
+                             out_stride);
+  for (; j < n; ++j)
+    cell_units<V, R, 1>(a, a_stride, ka, A, b, b_stride, kb, B, bias_a, bias_b, j, out, out_stride);
+  activate_rows<V>(act, R, n, out, out_stride);
+}
+
+template <class V>
+void cell_forward(Activation act, int64_t rows, const typename V::T* a, int64_t a_stride,
+                  int64_t ka, const typename V::T* A, const typename V::T* b, int64_t b_stride,
+                  int64_t kb, const typename V::T* B, const typename V::T* bias_a,
+                  const typename V::T* bias_b, int64_t n, typename V::T* out, int64_t out_stride) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2)
+    cell_rows<V, 2>(act, a + r * a_stride, a_stride, ka, A, b + r * b_stride, b_stride, kb, B,
+                    bias_a, bias_b, n, out + r * out_stride, out_stride);
+  if (r < rows)
+    cell_rows<V, 1>(act, a + r * a_stride, a_stride, ka, A, b + r * b_stride, b_stride, kb, B,
+                    bias_a, bias_b, n, out + r * out_stride, out_stride);
+}
+
 template <class V>
 Kernels<typename V::T> make_kernels(const char* isa) {
-  return Kernels<typename V::T>{isa, V::kWidth, &rows_times_matrix<V>, &activate_rows<V>,
-                                &activation_backward_rows<V>};
+  return Kernels<typename V::T>{isa,
+                                V::kWidth,
+                                &rows_times_matrix<V>,
+                                &activate_rows<V>,
+                                &activation_backward_rows<V>,
+                                &cell_forward<V>};
 }

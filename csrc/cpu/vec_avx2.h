@@ -34,6 +34,11 @@ struct VecAvx2<float> {
   static Reg add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm256_mul_ps(a, b); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static T sum(Reg v) {  // of the lanes
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
 
   // The primitives vec_math.h builds exp and tanh from.
   static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
@@ -83,6 +88,10 @@ struct VecAvx2<double> {
   static Reg add(Reg a, Reg b) { return _mm256_add_pd(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm256_mul_pd(a, b); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm256_fmadd_pd(a, b, c); }
+  static T sum(Reg v) {  // of the lanes
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
 
   // float64 is the precision of gradcheck and of reference comparisons, not of speed: use libm's
   // tanh lane by lane so the result is as exact as ATen's.

@@ -25,6 +25,7 @@ struct VecAvx512<float> {
   static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static T sum(Reg v) { return _mm512_reduce_add_ps(v); }  // of the lanes
 
   // The primitives vec_math.h builds exp and tanh from.
   static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }

@@ -21,6 +21,8 @@ struct VecGeneric {
   static Reg add(Reg a, Reg b) { return a + b; }
   static Reg mul(Reg a, Reg b) { return a * b; }
   static Reg fmadd(Reg a, Reg b, Reg c) { return a * b + c; }
+  static T sum(Reg v) { return v; }
+
   static Reg tanh(Reg x) { return std::tanh(x); }
   // NaN stays NaN (x > 0 is false for NaN, so keep x itself when it is not <= 0).
   static Reg relu(Reg x) { return x <= T(0) ? T(0) : x; }

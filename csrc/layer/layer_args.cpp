@@ -17,13 +17,13 @@ std::string shape_str(c10::IntArrayRef sizes) {
 }
 
 void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input,
-                std::vector<int64_t> expected) {
+                c10::IntArrayRef expected) {
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name,
               " must have the dtype of input (", input.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the device of input (",
               input.device(), "), got ", t.device());
-  TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, " must have shape ",
-              shape_str(expected), ", got ", shape_str(t.sizes()));
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", shape_str(expected),
+              ", got ", shape_str(t.sizes()));
 }
 
 }  // namespace
@@ -111,6 +111,40 @@ LayerShape check_layer_args(const char* op, const at::Tensor& input, const at::T
       check_like(op, "bias_hh", bias_hh(weights, s, d), input, {s.hidden});
     }
   }
+  return s;
+}
+
+CellShape check_cell_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                          const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                          const std::optional<at::Tensor>& bias_ih,
+                          const std::optional<at::Tensor>& bias_hh) {
+  TORCH_CHECK(input.is_floating_point(), op, ": input must be a floating-point tensor, got ",
+              input.scalar_type());
+  TORCH_CHECK(input.dim() == 2, op, ": input must be 2-D (batch, input_size), got shape ",
+              shape_str(input.sizes()));
+  TORCH_CHECK(hx.dim() == 2, op, ": hx must be 2-D (batch, hidden_size), got shape ",
+              shape_str(hx.sizes()));
+  TORCH_CHECK(bias_ih.has_value() == bias_hh.has_value(), op,
+              ": bias_ih and bias_hh must be given both or neither, got ",
+              bias_ih ? "bias_ih only" : "bias_hh only");
+  CellShape s{input.size(0), input.size(1), hx.size(1), bias_ih.has_value()};
+  check_like(op, "hx", hx, input, {s.batch, s.hidden});
+  check_like(op, "weight_ih", weight_ih, input, {s.hidden, s.input_size});
+  check_like(op, "weight_hh", weight_hh, input, {s.hidden, s.hidden});
+  if (s.has_bias) {
+    check_like(op, "bias_ih", *bias_ih, input, {s.hidden});
+    check_like(op, "bias_hh", *bias_hh, input, {s.hidden});
+  }
+  return s;
+}
+
+CellShape check_cell_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                   const at::Tensor& hx, const at::Tensor& weight_ih,
+                                   const at::Tensor& weight_hh, const at::Tensor& output) {
+  const CellShape s =
+      check_cell_args(op, input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt);
+  check_like(op, "output", output, input, {s.batch, s.hidden});
+  check_like(op, "grad", grad, input, {s.batch, s.hidden});
   return s;
 }
 

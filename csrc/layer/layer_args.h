@@ -97,7 +97,28 @@ inline const at::Tensor& bias_hh(at::TensorList w, const LayerShape& s, int64_t 
   return w[d * s.weights_per_direction() + 3];
 }
 
+// One step of a cell (elman_cell), in nn.RNNCell's shapes:
+//   input (B, I), hx (B, H), weight_ih (H, I), weight_hh (H, H), bias_ih and bias_hh (H) or neither
+struct CellShape {
+  int64_t batch = 0;       // B
+  int64_t input_size = 0;  // I
+  int64_t hidden = 0;      // H
+  bool has_bias = false;
+};
+
+// Checks every argument of elman_cell as check_layer_args does elman_layer's.
+CellShape check_cell_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                          const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                          const std::optional<at::Tensor>& bias_ih,
+                          const std::optional<at::Tensor>& bias_hh);
+
+// And elman_cell_backward's: grad and output of hx's shape, the rest as elman_cell's (no bias).
+CellShape check_cell_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                   const at::Tensor& hx, const at::Tensor& weight_ih,
+                                   const at::Tensor& weight_hh, const at::Tensor& output);
+
 // Both directions' weights of one role, stacked along the output dimension (one GEMM serves both).
+
 at::Tensor stack_directions(const LayerShape& s, at::TensorList w,
                             const at::Tensor& (*role)(at::TensorList, const LayerShape&, int64_t));
 

@@ -1,7 +1,7 @@
 """Double backward: gradients of rnnkern's gradients equal nn.RNN's, on every configuration the
 property tests draw, and gradgradcheck holds in float64.
 
-With create_graph=True the fused backward hands over to torch's own RNN (csrc/autograd.cpp:
+With create_graph=True the fused backward hands over to torch's own RNN (csrc/autograd_layer.cpp:
 differentiable_gradients), so second derivatives are nn.RNN's; the first derivatives such a call
 returns are compared too (the fused first derivatives are the property tests' subject).
 """
