@@ -3,14 +3,21 @@
 // step in the reverse of processing order:
 //   dZ_t = (dh + dY_t) * act'(h_t),   dh <- dZ_t @ W_hh           (recurrence_cpu.h)
 //
-// A single direction at small batch hands the weight gradients to the second thread block by block
-// as the recurrence finishes them, and computes dX itself once its loop is done, while the helper
-// finishes.
+// A single direction at small batch hands the weight gradients to the helper thread block by block
+// as the recurrence finishes them (step_blocks.h), computes dX itself once its loop is done, and
+// then adds the blocks' gradients in order, computing any the helper has not finished.
+
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+
+#include <algorithm>
+#include <array>
+#include <memory>
 
 #include "../layer/kernel_dtypes.h"
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
+#include "helper_thread.h"
 #include "step_blocks.h"
 
 namespace rnnkern::cpu {
@@ -30,6 +37,127 @@ void gather_previous(const BackwardCall& c, int64_t d, int64_t t_begin, int64_t 
   });
 }
 
+// The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
+// behind the recurrence as it finishes them (into its slots, each block's gradients afresh) and the
+// caller adds to the sums in block order, during its loop where the helper is done and after it for
+// the rest (taking over any block the helper has not finished). Shared with the helper's task,
+// which may outlive the call: it holds its own handles to the tensors it reads.
+struct GradientsBehind {
+  static constexpr int64_t kSlots = 4;  // finished blocks the helper may hold unread
+
+  explicit GradientsBehind(const BackwardCall& c)
+      : call(c),
+        blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
+        slots(at::empty({kSlots + 1, block_size()}, c.x.options())),
+        helper_scratch(scratch_like(c)),
+        caller_scratch(scratch_like(c)) {}
+
+  // Helper: computes finished blocks into its slots until there are none left.
+  void help() {
+    for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
+      compute(call, j, blocks.slot(j), helper_scratch);
+      blocks.finish(j);
+    }
+  }
+
+  // Caller: adds blocks [added, finished) that the helper has done, in order; returns how many
+  // blocks have been added.
+  int64_t add_finished(BackwardCall& c, int64_t added, int64_t finished) {
+    for (; added < finished && blocks.done(added); ++added) add(c, added, blocks.slot(added));
+    return added;
+  }
+
+  // Caller: adds blocks [added, count), each from the helper's slot or computed here.
+  void add_rest(BackwardCall& c, int64_t added) {
+    for (int64_t j = added; j < blocks.count(); ++j) {
+      if (blocks.take(j)) {
+        add(c, j, blocks.slot(j));
+      } else {
+        compute(c, j, kSlots, caller_scratch);  // the extra slot is the caller's
+        add(c, j, kSlots);
+      }
+    }
+  }
+
+  const BackwardCall call;
+  SharedBlocks blocks;
+  const at::Tensor slots;  // per slot: dW_ih (H, I), dW_hh (H, H), db (H), flattened
+
+ private:
+  int64_t block_size() const {
+    const int64_t H = call.shape.hidden;
+    return H * call.shape.input_size + H * H + H;
+  }
+  static at::Tensor scratch_like(const BackwardCall& c) {
+    const int64_t rows = std::max<int64_t>(kPipelineStepsPerBlock * c.shape.layout.batch, 1);
+    return c.need_weights ? at::empty({rows, c.shape.hidden}, c.x.options()) : at::Tensor();
+  }
+  std::array<at::Tensor, 3> slot_tensors(int64_t slot) const {
+    const int64_t H = call.shape.hidden, I = call.shape.input_size;
+    const at::Tensor s = slots.select(0, slot);
+    return {s.narrow(0, 0, H * I).view({H, I}), s.narrow(0, H * I, H * H).view({H, H}),
+            s.narrow(0, H * I + H * H, H)};
+  }
+  std::pair<int64_t, int64_t> steps_of(int64_t j) const {
+    const int64_t S = kPipelineStepsPerBlock, T = call.shape.layout.steps;
+    return {std::max<int64_t>(0, T - (j + 1) * S), T - j * S};
+  }
+  void compute(const BackwardCall& c, int64_t j, int64_t slot, at::Tensor& scratch) const {
+    const auto [t_begin, t_end] = steps_of(j);
+    const auto [w_ih, w_hh, bias] = slot_tensors(slot);
+    c.block_weight_gradients(0, t_begin, t_end, scratch, gather_previous, w_ih, w_hh, bias);
+  }
+  void add(BackwardCall& c, int64_t j, int64_t slot) {
+    const auto [w_ih, w_hh, bias] = slot_tensors(slot);
+    c.add_block_weight_gradients(0, w_ih, w_hh, bias);
+    blocks.consumed(j);
+  }
+  at::Tensor helper_scratch, caller_scratch;  // the states each block's rows started from
+};
+
+// The reverse direction of a bidirectional layer, for both_directions: the helper runs it into a
+// dZ and a state gradient of its own (reading dY and Y, which nobody writes).
+template <typename T>
+struct ReverseBackward {
+  explicit ReverseBackward(BackwardCall& c)
+      : call(c),
+        shape(c.shape),
+        relu(c.relu),
+        w_hh(c.weight_hh.select(0, 1)),
+        dy(c.dy),
+        y(c.y),
+        dz(at::empty_like(c.dz)),
+        dstate(c.grad_h0.select(0, 1).clone()) {}
+
+  void help() {
+    if (blocks.claim() != 0) return;
+    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dz, dstate);
+    blocks.finish(0);
+  }
+  void first() { run(0); }
+  void second() { run(1); }
+  void take_result() {
+    const int64_t H = shape.hidden;
+    call.dz.narrow(1, H, H).copy_(dz.narrow(1, H, H));
+    call.grad_h0.select(0, 1).copy_(dstate);
+  }
+
+  SharedBlocks blocks{1, 1};
+
+ private:
+  void run(int64_t d) {
+    Tensor state = call.grad_h0.select(0, d);
+    backward_direction<T>(direction_loop<T>(call.shape, d, relu, call.weight_hh.select(0, d)),
+                          call.dy, call.y, call.dz, state);
+  }
+
+  BackwardCall& call;      // the caller's: read by first(), second() and take_result() only
+  const LayerShape shape;  // the helper's own copies, from here on
+  const bool relu;
+  const Tensor w_hh, dy, y, dz;
+  Tensor dstate;
+};
+
 void backward_loop(BackwardCall& c) {
   const LayerShape& s = c.shape;
   const SequenceLayout& L = s.layout;
@@ -41,34 +169,27 @@ void backward_loop(BackwardCall& c) {
     };
     if (!pipelined(s) || !(c.need_weights || c.need_bias)) {
       // The driver adds the weight gradients and dX after the loop.
-      for_each_direction(s.directions, [&](int64_t d) { recur(d, [](int64_t) {}); });
+      if (s.directions == 1)
+        recur(0, [](int64_t) {});
+      else
+        both_directions(std::make_shared<ReverseBackward<scalar_t>>(c));
       return;
     }
     // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j).
-    constexpr int64_t S = kPipelineStepsPerBlock;
-    Tensor scratch = c.need_weights
-                         ? at::empty({std::max<int64_t>(S * L.batch, 1), s.hidden}, c.x.options())
-                         : Tensor();
-    FinishedBlocks blocks(block_count(L.steps, S));
-    auto add_block = [&](int64_t j) {
-      c.add_weight_gradients(0, std::max<int64_t>(0, L.steps - (j + 1) * S), L.steps - j * S,
-                             scratch, gather_previous);
-    };
-    with_helper_thread(
-        [&] {
-          blocks.start();
-          try {
-            recur(0, [&](int64_t t) {
-              if ((L.steps - t) % S == 0 || t == 0) blocks.finished((L.steps - 1 - t) / S);
-            });
-          } catch (...) {
-            blocks.fail();
-            throw;
-          }
-          c.input_gradient();  // while the helper is still on the weight gradients
-          blocks.finish(add_block);
-        },
-        [&] { blocks.help(add_block); });
+    const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
+    auto behind = std::make_shared<GradientsBehind>(c);
+    const CloseOnExit close(behind->blocks);
+    if (helper_available()) offer_to_helper([behind] { behind->help(); });
+    int64_t added = 0;
+    recur(0, [&](int64_t t) {
+      if ((L.steps - t) % kPipelineStepsPerBlock == 0 || t == 0) {
+        const int64_t finished = (L.steps - 1 - t) / kPipelineStepsPerBlock + 1;
+        behind->blocks.ready(finished);
+        added = behind->add_finished(c, added, finished);
+      }
+    });
+    c.input_gradient();  // while the helper is still on the weight gradients
+    behind->add_rest(c, added);
     c.weight_gradients_added = true;
   });
 }

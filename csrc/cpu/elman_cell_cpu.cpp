@@ -10,6 +10,8 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 
+#include <algorithm>
+
 #include "../layer/kernel_dtypes.h"
 #include "../layer/layer_args.h"
 #include "elman_cpu.h"
@@ -90,12 +92,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> elman_cell_backward_cpu(
     T* z = dz.data_ptr<T>();
     k.activation_backward_rows(activation(relu), B, H, dh.data_ptr<T>(), H, nullptr, 0,
                                y.data_ptr<T>(), H, z, H);
-    if (need_bias) {
+    if (need_bias) {  // zeros at batch 0
       T* db = grad_bias.data_ptr<T>();
-      for (int64_t j = 0; j < H; ++j) db[j] = z[j];
-      for (int64_t r = 1; r < B; ++r)
+      std::fill(db, db + H, T(0));
+      for (int64_t r = 0; r < B; ++r)
         for (int64_t j = 0; j < H; ++j) db[j] += z[r * H + j];
     }
+
     if (!use_vector_kernels(s)) {
       if (need_input) at::mm_out(grad_input, dz, w_ih);
       if (need_hx) at::mm_out(grad_hx, dz, w_hh);

@@ -6,13 +6,16 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
 
 #include "../layer/layer_args.h"
+#include "helper_thread.h"
 #include "kernels.h"
 #include "recurrence_cpu.h"
+#include "step_blocks.h"
 
 namespace rnnkern::cpu {
 
@@ -40,10 +43,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
 // Direction d of a layer's time loop: the second direction is the reversed one, and its columns
-// start at d * H.
+// start at d * H (or at `column`, in a buffer of the helper's own).
 template <typename T>
-DirectionLoop<T> direction_loop(const LayerShape& s, int64_t d, bool relu, const at::Tensor& w_hh) {
-  return {kernels<T>(), s.layout, /*reverse=*/d == 1, activation(relu), w_hh, d * s.hidden};
+DirectionLoop<T> direction_loop(const LayerShape& s, int64_t d, bool relu, const at::Tensor& w_hh,
+                                int64_t column = -1) {
+  return {kernels<T>(),     s.layout, /*reverse=*/d == 1,
+          activation(relu), w_hh,     column < 0 ? d * s.hidden : column};
 }
 
 // Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
@@ -59,29 +64,26 @@ inline bool pipelined(const LayerShape& s) {
          s.layout.steps >= 4 * kPipelineStepsPerBlock;
 }
 
-// Runs fn(d) for each direction; both directions at once when there are two.
-template <typename Fn>
-void for_each_direction(int64_t directions, const Fn& fn) {
-  if (directions == 1) {
-    fn(0);
-    return;
+// Both directions of a bidirectional layer at once, never waiting for the helper thread: the
+// helper runs the second direction on buffers of its own (`aside`, shared with its task, which may
+// outlive the call) while the caller runs the first; then the caller copies the helper's result
+// back, or, if the helper has not finished, runs the second direction itself. Aside provides
+// help() (compute on the helper), first() and second() (compute in place, on the caller) and
+// take_result() (copy the helper's result back), and a SharedBlocks `blocks` of one block.
+template <typename Aside>
+void both_directions(const std::shared_ptr<Aside>& aside) {
+  const SingleThreaded single_threaded;  // each direction's BLAS steps: as on the helper
+  {
+    const CloseOnExit close(aside->blocks);
+    aside->blocks.ready(1);
+    if (helper_available()) offer_to_helper([aside] { aside->help(); });
+    aside->first();
+    if (aside->blocks.take(0)) {
+      aside->take_result();
+      return;
+    }
   }
-  at::parallel_for(0, directions, 1, [&](int64_t begin, int64_t end) {
-    // Worker threads do not inherit the caller's thread-local dispatch state.
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t d = begin; d < end; ++d) fn(d);
-  });
-}
-
-// Runs recurrence() and helper() on two threads when there are two, else one after the other; the
-// step_blocks.h protocols make either order safe.
-template <typename Recurrence, typename Helper>
-void with_helper_thread(const Recurrence& recurrence, const Helper& helper) {
-  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-    const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    if (begin == 0) recurrence();
-    if (end == 2) helper();
-  });
+  aside->second();
 }
 
 }  // namespace rnnkern::cpu

@@ -9,6 +9,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -20,12 +21,15 @@ namespace rnnkern {
 using at::Tensor;
 
 void ForwardCall::project(int64_t first_row, int64_t rows) const {
-  Tensor o = out.narrow(0, first_row, rows);
+  project_into(first_row, rows, out.narrow(0, first_row, rows));
+}
+
+void ForwardCall::project_into(int64_t first_row, int64_t rows, Tensor dest) const {
   const Tensor xr = x.narrow(0, first_row, rows);
   if (bias)
-    at::addmm_out(o, *bias, xr, w_ih_t);
+    at::addmm_out(dest, *bias, xr, w_ih_t);
   else
-    at::mm_out(o, xr, w_ih_t);
+    at::mm_out(dest, xr, w_ih_t);
 }
 
 std::tuple<Tensor, Tensor> run_forward(const char* op, c10::DeviceType device, const Tensor& input,
@@ -68,6 +72,31 @@ void BackwardCall::add_weight_gradients(int64_t d, int64_t t_begin, int64_t t_en
     grad_w_hh.select(0, d).addmm_(dz_t, prev);
   }
   if (need_bias) grad_bias.select(0, d).add_(dz_t.sum(1));
+}
+
+void BackwardCall::block_weight_gradients(int64_t d, int64_t t_begin, int64_t t_end,
+                                          Tensor& scratch, const GatherPrevious& gather,
+                                          Tensor w_ih, Tensor w_hh, Tensor bias) const {
+  if (t_begin >= t_end) return;
+  const auto [first, rows] = shape.layout.rows_of_steps(t_begin, t_end);
+  const int64_t H = shape.hidden;
+  const Tensor dz_t = dz.narrow(0, first, rows).narrow(1, d * H, H).t();
+  if (need_weights) {
+    Tensor prev = scratch.narrow(0, 0, rows);
+    gather(*this, d, t_begin, t_end, prev);
+    at::mm_out(w_ih, dz_t, x.narrow(0, first, rows));
+    at::mm_out(w_hh, dz_t, prev);
+  }
+  if (need_bias) at::sum_out(bias, dz_t, 1);
+}
+
+void BackwardCall::add_block_weight_gradients(int64_t d, const Tensor& w_ih, const Tensor& w_hh,
+                                              const Tensor& bias) {
+  if (need_weights) {
+    grad_w_ih.select(0, d).add_(w_ih);
+    grad_w_hh.select(0, d).add_(w_hh);
+  }
+  if (need_bias) grad_bias.select(0, d).add_(bias);
 }
 
 void BackwardCall::input_gradient() {

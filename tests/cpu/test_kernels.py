@@ -99,6 +99,55 @@ ISA_SCRIPT = textwrap.dedent(
         g_t = torch.autograd.grad((out_t ** 2).sum() + hn_t.sum(), [x, *theirs.parameters()])
         for a, b in zip(g_o, g_t):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+    # rnnkern.RNNCell (the cell operator's vector kernels, and BLAS at batch 40, hidden 130), and
+    # a one-step rnnkern.RNN call (the cell operator per layer and direction), against nn.
+    tol = {
+        torch.float32: (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-3)),
+        torch.float64: (dict(atol=1e-11, rtol=1e-9), dict(atol=1e-10, rtol=1e-8)),
+    }
+    for dtype in (torch.float32, torch.float64):
+        out_tol, grad_tol = tol[dtype]
+        for batch, input_size, hidden, extra in [
+            (1, 5, 13, {}),
+            (3, 5, 13, dict(nonlinearity="relu")),
+            (3, 5, 13, dict(bias=False)),
+            (1, 7, 70, {}),
+            (40, 16, 130, {}),  # batch * hidden > 4096: BLAS
+        ]:
+            torch.manual_seed(0)
+            theirs = torch.nn.RNNCell(input_size, hidden, dtype=dtype, **extra)
+            ours = rnnkern.RNNCell(input_size, hidden, dtype=dtype, **extra)
+            ours.load_state_dict(theirs.state_dict())
+            x = torch.randn(batch, input_size, dtype=dtype, requires_grad=True)
+            h = torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
+            out_o, out_t = ours(x, h), theirs(x, h)
+            torch.testing.assert_close(out_o, out_t, **out_tol)
+            w = torch.randn(batch, hidden, dtype=dtype)
+            g_o = torch.autograd.grad(out_o, [x, h, *ours.parameters()], w)
+            g_t = torch.autograd.grad(out_t, [x, h, *theirs.parameters()], w)
+            for a, b in zip(g_o, g_t, strict=True):
+                torch.testing.assert_close(a, b, **grad_tol)
+        for config, batch in [
+            (dict(input_size=5, hidden_size=13, num_layers=2, bidirectional=True), 3),
+            (dict(input_size=5, hidden_size=13, nonlinearity="relu", bias=False), 1),
+            (dict(input_size=16, hidden_size=130, num_layers=2), 40),
+        ]:
+            torch.manual_seed(0)
+            theirs = torch.nn.RNN(**config, dtype=dtype)
+            ours = rnnkern.RNN(**config, dtype=dtype)
+            ours.load_state_dict(theirs.state_dict())
+            layers = config.get("num_layers", 1) * (2 if config.get("bidirectional") else 1)
+            x = torch.randn(1, batch, config["input_size"], dtype=dtype, requires_grad=True)
+            h = torch.randn(layers, batch, config["hidden_size"], dtype=dtype, requires_grad=True)
+            (out_o, hn_o), (out_t, hn_t) = ours(x, h), theirs(x, h)
+            torch.testing.assert_close(out_o, out_t, **out_tol)
+            torch.testing.assert_close(hn_o, hn_t, **out_tol)
+            w = torch.randn(out_t.shape, dtype=dtype)
+            g_o = torch.autograd.grad((out_o * w).sum() + hn_o.sum(), [x, h, *ours.parameters()])
+            g_t = torch.autograd.grad((out_t * w).sum() + hn_t.sum(), [x, h, *theirs.parameters()])
+            for a, b in zip(g_o, g_t, strict=True):
+                torch.testing.assert_close(a, b, **grad_tol)
     print("isa ok")
     """
 )

@@ -1,0 +1,91 @@
+// helper_thread.h: the worker, its queue, and the single-threaded guard.
+#include "helper_thread.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <omp.h>
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+// MKL's per-thread thread count (torch's x86 builds link MKL and export it), by its C name: the
+// lower-case symbol is the Fortran entry, which takes a pointer. Weak, so that a torch without MKL
+// still loads this library; OpenMP's per-thread setting then covers its BLAS.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
+namespace rnnkern::cpu {
+namespace {
+
+struct Worker {
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<std::function<void()>> tasks;
+  bool started = false;
+};
+
+// Never destroyed: the detached thread may still be using it while the process exits.
+std::atomic<Worker*> worker{new Worker};
+
+void run_tasks(Worker* w) {
+  at::internal::lazy_init_num_threads();  // before the guard, which must have the last word
+  const SingleThreaded single_threaded;
+  // Like the caller's kernels, the tasks' ATen calls are below autograd.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(w->mutex);
+      w->wake.wait(lock, [&] { return !w->tasks.empty(); });
+      task = std::move(w->tasks.front());
+      w->tasks.pop_front();
+    }
+    try {
+      task();
+    } catch (...) {
+      // The caller computes whatever a failed task left unfinished, and meets the error itself if
+      // it is not the helper's alone.
+    }
+  }
+}
+
+// The child of a fork has no worker thread, and the parent's mutex may have been held at the fork:
+// start afresh (the old Worker is left as it is, never touched again).
+void forget_worker_in_child() { worker.store(new Worker); }
+
+}  // namespace
+
+bool helper_available() { return at::get_num_threads() >= 2; }
+
+void offer_to_helper(std::function<void()> task) {
+  static const bool registered = pthread_atfork(nullptr, nullptr, forget_worker_in_child) == 0;
+  (void)registered;
+  Worker* w = worker.load();
+  {
+    std::lock_guard<std::mutex> lock(w->mutex);
+    w->tasks.push_back(std::move(task));
+    if (!w->started) {
+      w->started = true;
+      std::thread(run_tasks, w).detach();
+    }
+  }
+  w->wake.notify_one();
+}
+
+SingleThreaded::SingleThreaded()
+    : omp_threads_(omp_get_max_threads()),
+      mkl_threads_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {
+  omp_set_num_threads(1);
+}
+
+SingleThreaded::~SingleThreaded() {
+  omp_set_num_threads(omp_threads_);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_threads_);
+}
+
+}  // namespace rnnkern::cpu

@@ -1,0 +1,44 @@
+// The second thread of the CPU paths that use two cores: one process-wide worker that runs the
+// tasks it is offered, one after another, and that no caller ever waits for.
+//
+// Why not an OpenMP team (at::parallel_for): a team ends in a barrier, so the caller waits for the
+// second thread to be scheduled, to finish, and, worse, for any block of work it holds while it is
+// preempted. On a machine with other programs running (a data loader, another library's pool, a
+// second job) that wait is a scheduler time slice, milliseconds, paid again and again: two threads
+// then ran many times slower than one (PERFORMANCE.md, "Outside load"). With this worker, work is
+// split into blocks that either thread may compute (step_blocks.h); the caller computes any block
+// the helper has not finished when it needs it, so the worst case is the one-thread time.
+//
+// A task runs after its caller may have returned, so it must own (share) everything it touches.
+// After fork() the child process starts without the parent's worker and makes its own when offered
+// work (nothing of the parent's queue is run twice).
+#pragma once
+
+#include <functional>
+
+namespace rnnkern::cpu {
+
+// Whether calls may hand work to the helper: torch's intra-op thread count (torch.set_num_threads,
+// OMP_NUM_THREADS) is at least 2. With one thread, every call does all of its work itself, in the
+// same blocks, so results are the same bits either way.
+bool helper_available();
+
+// Queues `task` for the helper thread (started on first use) and returns at once.
+void offer_to_helper(std::function<void()> task);
+
+// While alive, BLAS (MKL) and ATen's intra-op parallelism run single-threaded on this thread: a
+// block of work must compute the same bits whichever thread runs it, and must never itself wait for
+// other threads.
+class SingleThreaded {
+ public:
+  SingleThreaded();
+  ~SingleThreaded();
+  SingleThreaded(const SingleThreaded&) = delete;
+  SingleThreaded& operator=(const SingleThreaded&) = delete;
+
+ private:
+  int omp_threads_;
+  int mkl_threads_;
+};
+
+}  // namespace rnnkern::cpu
