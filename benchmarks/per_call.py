@@ -6,8 +6,10 @@ Run it once per build, each in its own process, alternating, with that build fir
     PYTHONPATH=/path/to/build_b python benchmarks/per_call.py > b1.json   # and again, a2, b2, ...
 
 It prints {case: microseconds per call} as JSON, the minimum over 5 repeats: nn.RNNCell's step
-(the baseline a user compares with), rnnkern.RNNCell's and the raw one-step operator's at batch
+(the baseline a user compares with), rnnkern.RNNCell's, the layer operator's on a one-step
+sequence and the cell operator's (torch.ops, and the rnnkern._C entry the modules call) at batch
 1, hidden 64, and rnnkern.RNN over four shapes (batch, hidden, steps), one and two directions,
+
 forward (no_grad) and forward+backward. Compare builds as ratios of the minima over runs; absolute
 
 times differ from machine to machine. One thread unless told otherwise (first argument).
@@ -64,6 +66,13 @@ def main() -> None:
         times["nn.RNNCell fwd b1 h64"] = best_of(lambda: theirs(x, h), 400)
         times["cell fwd b1 h64"] = best_of(lambda: cell(x, h), 400)
         times["op 1 step b1 h64"] = best_of(lambda: op(x[None], h[None], weights, None, False), 400)
+        if hasattr(torch.ops.rnnkern, "elman_cell"):  # builds with the one-step cell operator
+            cell_op = torch.ops.rnnkern.elman_cell.default
+            times["cell op b1 h64"] = best_of(lambda: cell_op(x, h, *weights, False), 400)
+            times["cell op via _C b1 h64"] = best_of(
+                lambda: rnnkern._C.elman_cell(x, h, *weights, False), 400
+            )
+
     for batch, hidden, steps in SHAPES:
         for directions in (1, 2):
             rnn = rnnkern.RNN(hidden, hidden, bidirectional=directions == 2)

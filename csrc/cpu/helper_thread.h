@@ -7,7 +7,11 @@
 // second job) that wait is a scheduler time slice, milliseconds, paid again and again: two threads
 // then ran many times slower than one (PERFORMANCE.md, "Outside load"). With this worker, work is
 // split into blocks that either thread may compute (step_blocks.h); the caller computes any block
-// the helper has not finished when it needs it, so the worst case is the one-thread time.
+// the helper has not finished when it needs it, so the worst case is the one-thread time. And the
+// helper runs in the idle scheduling class (SCHED_IDLE): on a machine busy with other programs it
+// does not take a share of a core from its own caller either, and on an idle core it runs at full
+// speed.
+
 //
 // A task runs after its caller may have returned, so it must own (share) everything it touches.
 // After fork() the child process starts without the parent's worker and makes its own when offered
@@ -23,8 +27,9 @@ namespace rnnkern::cpu {
 // same blocks, so results are the same bits either way.
 bool helper_available();
 
-// Queues `task` for the helper thread (started on first use) and returns at once.
-void offer_to_helper(std::function<void()> task);
+// Queues `task` for the helper thread (started on first use) and returns at once: true if queued,
+// false if the helper is too far behind to take it (the caller then does all of its work).
+bool offer_to_helper(std::function<void()> task);
 
 // While alive, BLAS (MKL) and ATen's intra-op parallelism run single-threaded on this thread: a
 // block of work must compute the same bits whichever thread runs it, and must never itself wait for

@@ -56,7 +56,10 @@ class SharedBlocks {
   int64_t slot(int64_t j) const { return j % slots_; }
 
   // Caller: blocks [0, n) have their inputs ready, and the helper may start them.
-  void ready(int64_t n) { ready_.store(n, std::memory_order_release); }
+  void ready(int64_t n) {
+    ready_.store(n, std::memory_order_release);
+    progressed();
+  }
 
   // Caller: whether block j's result is in the helper's slot (true), or block j is now the
   // caller's to compute (false). Never waits.
@@ -72,20 +75,33 @@ class SharedBlocks {
   bool done(int64_t j) const { return state_[j].load(std::memory_order_acquire) == kDone; }
 
   // Caller: block j's slot has been read; the helper may reuse it.
-  void consumed(int64_t j) { consumed_.store(j + 1, std::memory_order_release); }
+  void consumed(int64_t j) {
+    consumed_.store(j + 1, std::memory_order_release);
+    progressed();
+  }
 
   // Caller: the call is over; the helper starts nothing more.
-  void close() { closed_.store(true, std::memory_order_release); }
+  void close() {
+    closed_.store(true, std::memory_order_release);
+    progressed();
+  }
 
   // Helper: the next block to compute into its slot, or -1 when there is none left. Waits while
-  // the block's inputs are not ready or its slot still holds a result the caller has not read.
+  // the block's inputs are not ready or its slot still holds a result the caller has not read:
+  // spinning a little, then asleep until the caller moves on. A helper spinning for long would
+  // take its share of a core busy with other programs from the caller, which on such a machine
+  // shares two cores with it and them (PERFORMANCE.md, "Outside load").
   int64_t claim() {
     int64_t spins = 0;
     for (int64_t j = next_; j < count_;) {
+      const int seen = progress_.load(std::memory_order_acquire);
       if (closed_.load(std::memory_order_acquire)) return -1;
       if (j >= ready_.load(std::memory_order_acquire) ||
           j >= consumed_.load(std::memory_order_acquire) + slots_) {
-        spin_pause(++spins);
+        if (++spins < kSpinsBeforeSleep)
+          spin_pause(spins);
+        else
+          progress_.wait(seen, std::memory_order_acquire);  // until progressed() changes it
         continue;
       }
       int s = kFree;
@@ -105,12 +121,23 @@ class SharedBlocks {
   }
 
  private:
+  // Tells a sleeping helper that ready_, consumed_ or closed_ changed (no system call when no
+  // thread sleeps on it).
+  void progressed() {
+    progress_.fetch_add(1, std::memory_order_release);
+    progress_.notify_one();
+  }
+
+  // About 10-30 us of pause instructions: a short wait costs no wake-up, a long one no core.
+  static constexpr int64_t kSpinsBeforeSleep = 2000;
   enum : int { kFree, kClaimed, kDone, kTaken };
   const int64_t count_, slots_;
   std::unique_ptr<std::atomic<int>[]> state_;
   std::atomic<int64_t> ready_{0};
   std::atomic<int64_t> consumed_{0};
   std::atomic<bool> closed_{false};
+  std::atomic<int> progress_{0};
+
   int64_t next_ = 0;  // the helper's own
 };
 
