@@ -200,6 +200,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> elman_layer_backward_cpu(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
     const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output,
     const std::optional<Tensor>& batch_sizes, bool relu, std::array<bool, 4> output_mask) {
+  std::optional<SingleThreaded> single_threaded;  // see pipelined_arguments
+  if (pipelined_arguments(input, hx, batch_sizes)) single_threaded.emplace();
   return run_backward("rnnkern::elman_layer_backward", c10::DeviceType::CPU, grad_output, grad_h_n,
                       input, hx, weight_ih, weight_hh, output, batch_sizes, relu, output_mask,
                       backward_loop, gather_previous);

@@ -64,6 +64,19 @@ inline bool pipelined(const LayerShape& s) {
          s.layout.steps >= 4 * kPipelineStepsPerBlock;
 }
 
+// pipelined() read off an operator's arguments before they are checked (arguments that fail the
+// checks make it false or true, harmlessly: the checks come next). A pipelined call runs its own
+// small ATen operations (zeroing the sums, contiguous copies) single-threaded as well: an OpenMP
+// team ends in a barrier, which on a machine busy with other programs can wait milliseconds for
+// a thread that is not scheduled (torch.zeros of 256 x 256 there: 7 us typically, 450 us on
+// average, PERFORMANCE.md); the helper thread is the call's parallelism.
+inline bool pipelined_arguments(const at::Tensor& input, const at::Tensor& hx,
+                                const std::optional<at::Tensor>& batch_sizes) {
+  if (hx.dim() != 3 || hx.size(0) != 1 || hx.size(1) > kMaxRegisterBatch) return false;
+  const int64_t steps = batch_sizes ? batch_sizes->numel() : (input.dim() == 3 ? input.size(0) : 0);
+  return steps >= 4 * kPipelineStepsPerBlock;
+}
+
 // Both directions of a bidirectional layer at once, never waiting for the helper thread: the
 // helper runs the second direction on buffers of its own (`aside`, shared with its task, which may
 // outlive the call) while the caller runs the first; then the caller copies the helper's result

@@ -147,6 +147,8 @@ std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, cons
                                                    at::TensorList weights,
                                                    const std::optional<at::Tensor>& batch_sizes,
                                                    bool relu) {
+  std::optional<SingleThreaded> single_threaded;  // see pipelined_arguments
+  if (pipelined_arguments(input, hx, batch_sizes)) single_threaded.emplace();
   return run_forward("rnnkern::elman_layer", c10::DeviceType::CPU, input, hx, weights, batch_sizes,
                      relu, forward_loop);
 }
