@@ -15,7 +15,9 @@ runner can check it against nn.RNN and time it the same way:
 - ``rnnkern-streaming``, ``nn.RNN-streaming``: the module called one step at a time, carrying the
   state, as streaming inference does (one direction only: the reverse one needs the future).
 - ``jax``, ``onnxruntime`` (CPU, where installed, named with --implementations): the compiled
-  peers outside PyTorch (benchmarks/peers.py).
+  peers outside PyTorch (benchmarks/peers.py). Their thread pools would slow whatever else is
+  timed in their process, so each is timed in a process of its own (``own_process``), against
+  nn.RNN timed again there; the runner merges their rows into its results.
 - ``rnnkern-floor`` (CUDA, one layer, forward only): rnnkern's persistent kernel with its mat-vec
   left out, so only its barriers and loads remain: the floor a persistent kernel can reach. Its
   output is wrong by design and is not checked.
@@ -51,6 +53,9 @@ class Implementation:
     inference_only: bool = False  # no autograd at all (not even the forward mode's graph)
     dtypes: tuple[str, ...] | None = None  # the dtypes it runs; None: all
     default: bool = True  # in the default sweep (the others are named with --implementations)
+    # Timed in a process of its own, with nn.RNN timed again beside it there, whenever anything
+    # else is timed besides nn.RNN: it would slow what shares its process (or be slowed by it).
+    own_process: bool = False
 
 
 def build_rnnkern(reference: nn.RNN) -> RnnFn:
@@ -226,10 +231,13 @@ IMPLEMENTATIONS = {
         ),
     )
 }
-# The peers are opt-in for now: their thread pools share the process with torch's, and their
-# idle threads spin, which slows the implementations timed beside them (PERFORMANCE.md).
+# The peers are opt-in: each needs its package, and is timed in a process of its own (their idle
+# pool threads spin, and would slow what is timed beside them), with nn.RNN timed again there.
+# Only find_spec looks for them here: a process that merely delegates them never imports them.
 if peers.installed("jax"):
-    IMPLEMENTATIONS["jax"] = Implementation("jax", build_jax, ("cpu",), packed=False, default=False)
+    IMPLEMENTATIONS["jax"] = Implementation(
+        "jax", build_jax, ("cpu",), packed=False, default=False, own_process=True
+    )
 if peers.installed("onnxruntime"):
     IMPLEMENTATIONS["onnxruntime"] = Implementation(
         "onnxruntime",
@@ -240,5 +248,6 @@ if peers.installed("onnxruntime"):
         inference_only=True,
         dtypes=("float32",),  # ONNX Runtime's CPU RNN kernel is float32 only
         default=False,
+        own_process=True,
     )
 BASELINE = "nn.RNN"

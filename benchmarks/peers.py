@@ -8,12 +8,15 @@ the benchmark runner, each used only where its package is installed (the ``peers
   the others (the sum of the output and the final state), with respect to the input, h0 and every
   weight.
 
-They are named with --implementations (not in the default sweep): they run in the runner's process,
-and their thread pools there slow what is timed beside them (JAX's idle threads spin; ONNX
-Runtime's are told not to). Each is built from the reference nn.RNN's weights, checked against nn.RNN like every other
-implementation before it is timed, and timed on arrays already in its own format (converting
-from torch is not part of the work timed). Both use their own thread pools, which by default take
-every core, as torch's does.
+They are named with --implementations (not in the default sweep). Both use their own thread pools,
+which by default take every core, as torch's does, and which would slow whatever else is timed in
+their process (JAX's idle threads spin; ONNX Runtime's are told not to). So where anything besides
+nn.RNN is timed with them, the runner times each peer in a process of its own: it runs itself
+again on that peer alone, where nn.RNN is timed again beside it, and merges the peer's rows into
+its results, each with its ratio against that process's nn.RNN. The runner's own process then
+never imports them. Each is built from the reference nn.RNN's weights, checked against nn.RNN like
+every other implementation before it is timed, and timed on arrays already in its own format
+(converting from torch is not part of the work timed).
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ times them side by side, interleaved. It prints a table per configuration and wr
 (everything measured, with the device, versions and configuration) and throughput.png (tokens per
 second against sequence length, log axes, one line per implementation) to --out.
 
+The compiled peers outside PyTorch (jax, onnxruntime) would slow what shares their process, so
+where anything else is timed with them, each is timed in a process of its own: the runner runs
+itself again on that peer alone (nn.RNN is timed there too, for its ratio) and merges the peer's
+rows into its table and results.json, marked as timed in their own process.
+
     python -m benchmarks.run                       # the default sweep (a few minutes on 2 cores)
     python -m benchmarks.run --device cuda --dtype bfloat16 --batch-sizes 1 8 --hidden-sizes 512
 """
@@ -17,7 +22,9 @@ import argparse
 import json
 import math
 import platform
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +47,7 @@ DTYPES = {
     "float16": torch.float16,
 }
 MODES = ("inference", "forward", "forward+backward")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # where `-m benchmarks.run` runs again
 PROFILED_SEQ_LEN = 256  # CUDA kernel names are recorded at this length and below
 # Tolerance of the check against nn.RNN, per dtype: rounding differences only.
 CHECK_TOLERANCE = {
@@ -581,9 +589,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     all_configs = configs(args)
     total = len(all_configs) * len(args.seq_lens)
     report = {"meta": meta, "configs": []}
+    # The implementations timed in processes of their own go first, one at a time. Each child runs
+    # its sweep under its own --load (passed through with the other arguments), and this process
+    # starts its own load only after them: every sweep runs under exactly the load it was asked
+    # for, never under its parent's as well.
+    delegated = own_process_implementations(args)
+    own_rows = {name: own_process_rows(name, args, all_configs, argv) for name in delegated}
+    here = [name for name in args.implementations if name not in delegated]
     with outside_load(args.load):
         for index, config in enumerate(all_configs):
-            rows = sweep_seq_lens(config, args, gemm, index * len(args.seq_lens), total)
+            rows = sweep_seq_lens(config, args, here, gemm, index * len(args.seq_lens), total)
+            for name in delegated:
+                rows += own_rows[name][index]
+            rows = in_order(rows, args.implementations)
             report["configs"].append({"config": asdict(config), "results": rows})
             print(table(config, rows))
     write_outputs(report, Path(args.out), plot=not args.no_plot)
@@ -608,11 +626,16 @@ def run_metadata(device: torch.device, gemm: float, argv: Sequence[str] | None) 
 
 
 def sweep_seq_lens(
-    config: Config, args: argparse.Namespace, gemm: float, done: int, total: int
+    config: Config,
+    args: argparse.Namespace,
+    implementations: list[str],
+    gemm: float,
+    done: int,
+    total: int,
 ) -> list[dict]:
-    """Every sequence length of one configuration, shortest first, so that each implementation's
-    time at one length predicts whether the next is worth timing. `done` of `total` points were
-    measured before (for the progress line)."""
+    """Every sequence length of one configuration for `implementations`, shortest first, so that
+    each implementation's time at one length predicts whether the next is worth timing. `done` of
+    `total` points were measured before (for the progress line)."""
     rows = []
     last: dict[str, tuple[int, float]] = {}  # implementation -> (seq len, seconds per call)
     for seq_len in sorted(args.seq_lens):
@@ -625,7 +648,7 @@ def sweep_seq_lens(
         point = measure_point(
             config,
             seq_len,
-            args.implementations,
+            implementations,
             args.repeats,
             args.warmup,
             args.memory_fraction,
@@ -652,6 +675,107 @@ def predicted_too_slow(
         for name, (n, t) in last.items()
         if name != BASELINE and t * seq_len / n > max_call_seconds
     }
+
+
+def own_process_implementations(args: argparse.Namespace) -> list[str]:
+    """The implementations to time each in a process of its own: those that ask for one, when
+    anything besides nn.RNN would be timed with them. One named alone (with nn.RNN) is in a
+    process of its own already, and is timed here: that is how the child process times it."""
+    timed = [name for name in args.implementations if name != BASELINE]
+    if len(timed) <= 1:
+        return []
+    return [name for name in timed if IMPLEMENTATIONS[name].own_process]
+
+
+def own_process_rows(
+    name: str, args: argparse.Namespace, all_configs: list[Config], argv: Sequence[str] | None
+) -> list[list[dict]]:
+    """`name`'s rows for each configuration (in the order of `all_configs`), timed by this runner
+    run again on `name` alone in a child process, over the modes where `name` runs. A child that
+    fails leaves error rows saying why, as a failing implementation does."""
+    runs = [config for config in all_configs if unsupported_reason(name, config) is None]
+    report, failure = None, None
+    if runs:
+        if not args.quiet:
+            print(f"timing {name} in a process of its own", file=sys.stderr, flush=True)
+        modes = [mode for mode in args.modes if any(config.mode == mode for config in runs)]
+        report, failure = own_process_report(name, modes, argv)
+    timed = [(entry["config"], entry["results"]) for entry in (report or {}).get("configs", [])]
+    per_config = []
+    for config in all_configs:
+        reason = unsupported_reason(name, config)
+        results = next((rows for c, rows in timed if c == asdict(config)), None)
+        if reason is not None:  # never timed, as it would be skipped here
+            rows = [
+                {"seq_len": n, "implementation": name, "status": "skipped", "note": reason}
+                for n in sorted(args.seq_lens)
+            ]
+        elif results is not None:
+            rows = marked_own_process(name, results)
+        else:
+            note = failure or "its own process gave no result for this configuration"
+            rows = [
+                {
+                    "seq_len": n,
+                    "implementation": name,
+                    "status": "error",
+                    "note": note,
+                    "process": "own",
+                }
+                for n in sorted(args.seq_lens)
+            ]
+        per_config.append(rows)
+    return per_config
+
+
+def own_process_report(
+    name: str, modes: list[str], argv: Sequence[str] | None
+) -> tuple[dict | None, str | None]:
+    """The report of this runner run on `name` alone in a child process, or None and why not."""
+    with tempfile.TemporaryDirectory(prefix="rnnkern-bench-") as out:
+        command = own_process_command(name, modes, argv, Path(out))
+        try:
+            child = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+        except OSError as e:
+            return None, f"its own process did not start: {type(e).__name__}: {e}"
+        results = Path(out) / "results.json"
+        if child.returncode == 0 and results.exists():
+            return json.loads(results.read_text()), None
+    lines = [line for line in child.stderr.splitlines() if line.strip()]
+    last = lines[-1].strip()[:200] if lines else "no message"
+    return None, f"its own process failed (exit code {child.returncode}): {last}"
+
+
+def own_process_command(
+    name: str, modes: list[str], argv: Sequence[str] | None, out: Path
+) -> list[str]:
+    """This run's command line again, for `name` alone over `modes`, writing to `out` without the
+    plot or progress. The options are appended: the last of an option counts, so every other
+    option of this run (--load among them) carries over unchanged."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    own = ["--implementations", name, "--modes", *modes, "--out", str(out), "--no-plot", "--quiet"]
+    return [sys.executable, "-m", "benchmarks.run", *given, *own]
+
+
+def marked_own_process(name: str, results: list[dict]) -> list[dict]:
+    """`name`'s rows of its own process's results, each marked as timed there, with nn.RNN's time
+    per step there (the baseline of its speedup); that process's nn.RNN rows are left out."""
+    baseline = {
+        r["seq_len"]: r["us_per_step"]
+        for r in results
+        if r["implementation"] == BASELINE and r["status"] == "ok"
+    }
+    return [
+        {**r, "process": "own", "baseline_us_per_step": baseline.get(r["seq_len"])}
+        for r in results
+        if r["implementation"] == name
+    ]
+
+
+def in_order(rows: list[dict], implementations: list[str]) -> list[dict]:
+    """Rows by sequence length, then in the order of `implementations`."""
+    position = {name: i for i, name in enumerate(implementations)}
+    return sorted(rows, key=lambda r: (r["seq_len"], position[r["implementation"]]))
 
 
 def write_outputs(report: dict, out: Path, plot: bool) -> None:

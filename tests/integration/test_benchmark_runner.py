@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -264,6 +266,139 @@ def test_packed_sweep_and_the_gpu_summary(tmp_path):
     assert "## standard: packed (float32): target 5.0x over nn.RNN" in summary
     assert "Lowest speedup" in summary
     assert summary.count("| float32 | forward+backward | 3 | 8 |") == 2  # packed / padded rows
+
+
+PEERS = ("jax", "onnxruntime")
+
+
+def installed_peers() -> list[str]:
+    return [name for name in PEERS if name in implementations.IMPLEMENTATIONS]
+
+
+def skip_unless_installed(name: str) -> None:
+    if name not in implementations.IMPLEMENTATIONS:
+        pytest.skip(f"{name} is not installed (the peers extra), so the runner cannot time it")
+
+
+@pytest.fixture(scope="module")
+def peers_run(tmp_path_factory):
+    """A tiny sweep naming rnnkern and the installed peers, run in a fresh Python process (whose
+    modules are then known to be the runner's own): its results.json and the modules of the
+    peers' packages that process imported."""
+    peers = installed_peers()
+    if not peers:
+        pytest.skip("neither jax nor onnxruntime is installed (the peers extra)")
+    out = tmp_path_factory.mktemp("peers")
+    argv = [
+        *("--device", "cpu", "--modes", "inference", "forward+backward"),
+        *("--batch-sizes", "1", "--hidden-sizes", "8", "--seq-lens", "4", "8"),
+        *("--implementations", "rnnkern", *peers, "--repeats", "2", "--warmup", "1"),
+        *("--out", str(out), "--no-plot", "--quiet"),
+    ]
+    script = (
+        "import json, sys\n"
+        "from benchmarks import run\n"
+        f"run.main({argv!r})\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {PEERS!r})))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads((out / "results.json").read_text()), imported, done.stdout
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peers_are_timed_in_their_own_process_against_its_nn_rnn(name, peers_run):
+    skip_unless_installed(name)
+    report, _, printed = peers_run
+    assert f"| 4 | {name} (own process) |" in printed
+    for entry in report["configs"]:
+        rows = entry["results"]
+        # One table as before: each length's rows in the order named, nn.RNN first; the only
+        # nn.RNN rows are this process's own.
+        assert [(r["seq_len"], r["implementation"]) for r in rows] == [
+            (n, impl) for n in (4, 8) for impl in ["nn.RNN", "rnnkern", *installed_peers()]
+        ]
+        for r in rows:
+            if r["implementation"] in ("nn.RNN", "rnnkern"):
+                assert "process" not in r  # timed here
+            elif r["implementation"] != name:
+                continue
+            elif name == "onnxruntime" and entry["config"]["mode"] == "forward+backward":
+                # Never run for this mode, in no process: skipped as it would be here.
+                assert r["status"] == "skipped" and "no backward" in r["note"], r
+                assert "process" not in r
+            else:
+                assert r["status"] == "ok", r
+                assert r["process"] == "own"
+                baseline = next(
+                    b
+                    for b in rows
+                    if b["implementation"] == "nn.RNN" and b["seq_len"] == r["seq_len"]
+                )
+                # Its ratio is against the nn.RNN timed in its own process, not this one's.
+                assert r["baseline_us_per_step"] > 0
+                assert r["baseline_us_per_step"] != baseline["us_per_step"]
+                assert r["speedup_vs_nn_rnn"] == pytest.approx(
+                    r["baseline_us_per_step"] / r["us_per_step"]
+                )
+                assert (
+                    f"{r['speedup_vs_nn_rnn']:.2f}x (nn.RNN {r['baseline_us_per_step']:.2f})"
+                    in (printed)
+                )
+
+
+def test_the_runner_does_not_import_the_peers_it_times_in_their_own_process(peers_run):
+    report, imported, _ = peers_run
+    timed_elsewhere = {
+        r["implementation"]
+        for entry in report["configs"]
+        for r in entry["results"]
+        if r.get("process") == "own"
+    }
+    assert timed_elsewhere == set(installed_peers())
+    assert imported == []
+
+
+def test_the_child_command_carries_the_run_s_own_arguments():
+    argv = ["--load", "1", "--seq-lens", "4", "--implementations", "rnnkern", "jax", "--out", "x"]
+    command = run.own_process_command("rnnkern", ["inference"], argv, run.Path("/tmp/o"))
+    assert command[:3] == [sys.executable, "-m", "benchmarks.run"]
+    args = run.parse_args(command[3:])
+    assert args.implementations == ["nn.RNN", "rnnkern"] and args.modes == ["inference"]
+    assert args.load == 1 and args.seq_lens == [4]  # its own load, as this run's
+    assert args.out == "/tmp/o" and args.no_plot and args.quiet
+
+
+def test_a_failing_own_process_is_a_result_not_a_crash(monkeypatch, tmp_path, capsys):
+    # An implementation that the child process does not have (it is registered here only): the
+    # child fails on its arguments, as it would without the package installed.
+    def never_built_here(reference):
+        raise AssertionError("built in the runner's own process")
+
+    isolated = Implementation("isolated", never_built_here, packed=False, own_process=True)
+    monkeypatch.setitem(run.IMPLEMENTATIONS, "isolated", isolated)
+    report = run.main(
+        [
+            *("--device", "cpu", "--modes", "inference", "--batch-sizes", "1"),
+            *("--hidden-sizes", "8", "--seq-lens", "4", "8", "--repeats", "2", "--warmup", "1"),
+            *("--implementations", "rnnkern", "isolated", "--out", str(tmp_path), "--no-plot"),
+            "--quiet",
+        ]
+    )
+    rows = report["configs"][0]["results"]
+    by_name = {(r["implementation"], r["seq_len"]): r for r in rows}
+    assert by_name[("rnnkern", 8)]["status"] == "ok"
+    for n in (4, 8):
+        failed = by_name[("isolated", n)]
+        assert failed["status"] == "error" and failed["process"] == "own"
+        assert "its own process failed (exit code 2)" in failed["note"]
+        assert "invalid choice: 'isolated'" in failed["note"]
+    assert "| 4 | isolated (own process) | ERROR: its own process failed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["configs"][0]["results"] == rows
 
 
 def test_the_plot_says_what_was_not_timed_and_why():
