@@ -59,35 +59,40 @@ std::tuple<Tensor, Tensor> run_forward(const char* op, c10::DeviceType device, c
   return {c.out, c.h_n};
 }
 
+BackwardCall::BlockOperands BackwardCall::block_operands(int64_t d, int64_t t_begin, int64_t t_end,
+                                                         Tensor& scratch,
+                                                         const GatherPrevious& gather) const {
+  const auto [first, rows] = shape.layout.rows_of_steps(t_begin, t_end);
+  const int64_t H = shape.hidden;
+  BlockOperands b{dz.narrow(0, first, rows).narrow(1, d * H, H).t(), x.narrow(0, first, rows), {}};
+  if (need_weights) {
+    b.prev = scratch.narrow(0, 0, rows);
+    gather(*this, d, t_begin, t_end, b.prev);
+  }
+  return b;
+}
+
 void BackwardCall::add_weight_gradients(int64_t d, int64_t t_begin, int64_t t_end, Tensor& scratch,
                                         const GatherPrevious& gather) const {
   if (t_begin >= t_end) return;
-  const auto [first, rows] = shape.layout.rows_of_steps(t_begin, t_end);
-  const int64_t H = shape.hidden;
-  const Tensor dz_t = dz.narrow(0, first, rows).narrow(1, d * H, H).t();
+  const BlockOperands b = block_operands(d, t_begin, t_end, scratch, gather);
   if (need_weights) {
-    Tensor prev = scratch.narrow(0, 0, rows);
-    gather(*this, d, t_begin, t_end, prev);
-    grad_w_ih.select(0, d).addmm_(dz_t, x.narrow(0, first, rows));
-    grad_w_hh.select(0, d).addmm_(dz_t, prev);
+    grad_w_ih.select(0, d).addmm_(b.dz_t, b.x);
+    grad_w_hh.select(0, d).addmm_(b.dz_t, b.prev);
   }
-  if (need_bias) grad_bias.select(0, d).add_(dz_t.sum(1));
+  if (need_bias) grad_bias.select(0, d).add_(b.dz_t.sum(1));
 }
 
 void BackwardCall::block_weight_gradients(int64_t d, int64_t t_begin, int64_t t_end,
                                           Tensor& scratch, const GatherPrevious& gather,
                                           Tensor w_ih, Tensor w_hh, Tensor bias) const {
   if (t_begin >= t_end) return;
-  const auto [first, rows] = shape.layout.rows_of_steps(t_begin, t_end);
-  const int64_t H = shape.hidden;
-  const Tensor dz_t = dz.narrow(0, first, rows).narrow(1, d * H, H).t();
+  const BlockOperands b = block_operands(d, t_begin, t_end, scratch, gather);
   if (need_weights) {
-    Tensor prev = scratch.narrow(0, 0, rows);
-    gather(*this, d, t_begin, t_end, prev);
-    at::mm_out(w_ih, dz_t, x.narrow(0, first, rows));
-    at::mm_out(w_hh, dz_t, prev);
+    at::mm_out(w_ih, b.dz_t, b.x);
+    at::mm_out(w_hh, b.dz_t, b.prev);
   }
-  if (need_bias) at::sum_out(bias, dz_t, 1);
+  if (need_bias) at::sum_out(bias, b.dz_t, 1);
 }
 
 void BackwardCall::add_block_weight_gradients(int64_t d, const Tensor& w_ih, const Tensor& w_hh,

@@ -95,6 +95,15 @@ struct BackwardCall {
 
   // grad_input = dZ W_ih, when asked for (once dZ is complete).
   void input_gradient();
+
+ private:
+  // The operands of one block's weight gradients: dZ^T (H, rows), X (rows, I) and, when the
+  // weights' gradients are asked for, H_prev (rows, H), gathered into `scratch`.
+  struct BlockOperands {
+    at::Tensor dz_t, x, prev;
+  };
+  BlockOperands block_operands(int64_t d, int64_t t_begin, int64_t t_end, at::Tensor& scratch,
+                               const GatherPrevious& gather) const;
 };
 
 using ForwardLoop = std::function<void(ForwardCall&)>;
