@@ -343,6 +343,17 @@ def test_forward_ad_one_step_call_takes_the_composite_path(one_step_calls):
 # --- parameters read from _parameters, or through parametrizations -------------------------------
 
 
+def assert_weight_norm_matches(ours, theirs, outs: dict, parameter: str) -> None:
+    """The outputs of both (outs["ours"], outs["theirs"]) agree, and so do the gradients of every
+    parameter, ``parameter`` (one of weight_norm's) among them."""
+    for a, b in zip(outs["ours"], outs["theirs"], strict=True):
+        assert_close(a, b, TOL[torch.float64], "output")
+    g_o, g_t = weight_norm_grads(ours, outs["ours"]), weight_norm_grads(theirs, outs["theirs"])
+    assert parameter in g_o and g_o.keys() == g_t.keys()
+    for name in g_t:
+        assert_close(g_o[name], g_t[name], GRAD_TOL[torch.float64], f"gradient of {name}")
+
+
 def weight_norm_grads(module, outputs, seed=5):
     gen = torch.Generator().manual_seed(seed)
     total = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
@@ -369,12 +380,7 @@ def test_cell_with_weight_norm_matches_nn():
         h1 = module(x, h)
         h2 = module(x * 0.5, h1)
         outs[name] = (h1, h2)
-    for a, b in zip(outs["ours"], outs["theirs"], strict=True):
-        assert_close(a, b, TOL[torch.float64], "output")
-    g_o, g_t = weight_norm_grads(ours, outs["ours"]), weight_norm_grads(theirs, outs["theirs"])
-    assert "parametrizations.weight_hh.original0" in g_o and g_o.keys() == g_t.keys()
-    for name in g_t:
-        assert_close(g_o[name], g_t[name], GRAD_TOL[torch.float64], f"gradient of {name}")
+    assert_weight_norm_matches(ours, theirs, outs, "parametrizations.weight_hh.original0")
     # The cell follows the parametrization as it changes.
     with torch.no_grad():
         for module in (theirs, ours):
@@ -407,12 +413,7 @@ def test_streaming_rnn_with_weight_norm_matches_nn(bidirectional, one_step_calls
         )
         outs[name] = (*outputs, h_n)
     assert len(one_step_calls) == 3
-    for a, b in zip(outs["ours"], outs["theirs"], strict=True):
-        assert_close(a, b, TOL[torch.float64], "output")
-    g_o, g_t = weight_norm_grads(ours, outs["ours"]), weight_norm_grads(theirs, outs["theirs"])
-    assert "parametrizations.weight_hh_l0.original1" in g_o and g_o.keys() == g_t.keys()
-    for name in g_t:
-        assert_close(g_o[name], g_t[name], GRAD_TOL[torch.float64], f"gradient of {name}")
+    assert_weight_norm_matches(ours, theirs, outs, "parametrizations.weight_hh_l0.original1")
     with torch.no_grad():
         for module in (theirs, ours):
             module.parametrizations.weight_hh_l0.original0.mul_(2.0)
