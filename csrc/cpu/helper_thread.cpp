@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 #include <utility>
+#include <vector>
 
 // MKL's per-thread thread count (torch's x86 builds link MKL and export it), by its C name: the
 // lower-case symbol is the Fortran entry, which takes a pointer. Weak, so that a torch without MKL
@@ -26,6 +27,8 @@ struct Worker {
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<std::function<void()>> tasks;
+  // Tasks the helper has run, left for a caller's thread to destroy (see offer_to_helper).
+  std::vector<std::function<void()>> finished;
   bool started = false;
 };
 
@@ -63,6 +66,8 @@ void run_tasks(Worker* w) {
       // The caller computes whatever a failed task left unfinished, and meets the error itself if
       // it is not the helper's alone.
     }
+    const std::lock_guard<std::mutex> lock(w->mutex);
+    w->finished.push_back(std::move(task));
   }
 }
 
@@ -78,11 +83,21 @@ bool offer_to_helper(std::function<void()> task) {
   static const bool registered = pthread_atfork(nullptr, nullptr, forget_worker_in_child) == 0;
   (void)registered;
   Worker* w = worker.load();
+  // The tasks the helper has finished are destroyed here, on a caller's thread, never on the
+  // helper: a task may hold the last reference to a tensor Python also knows (an output returned
+  // to the user, an input), and releasing that takes the GIL, which a background thread must not
+  // do (at interpreter exit Python ends such a thread in the middle of a destructor, and the
+  // process aborts). A finished task's tensors therefore live until the next call that offers
+  // work, or to the end of the process.
+  std::vector<std::function<void()>> finished;
   {
     // Never blocks: the helper may hold the lock while a busy machine keeps it off every core.
     std::unique_lock<std::mutex> lock(w->mutex, std::try_to_lock);
-    if (!lock.owns_lock() || w->tasks.size() >= kMaxPending) return false;
+    if (!lock.owns_lock()) return false;
+    finished.swap(w->finished);
+    if (w->tasks.size() >= kMaxPending) return false;
     w->tasks.push_back(std::move(task));
+
     if (!w->started) {
       w->started = true;
       std::thread(run_tasks, w).detach();

@@ -1,8 +1,8 @@
 """rnnkern.RNN called from several Python threads at once, determinism, and recovery from errors.
 
-The CPU kernels run their own threads (at::parallel_for: two directions at once, or a recurrence and
-a helper thread handing 32-step blocks to each other through spin-waits, csrc/cpu/step_blocks.h), so
-what Python threads calling one module at the same time do to them is worth checking:
+The CPU kernels hand work to a helper thread of their own (a bidirectional layer's second direction,
+or 32-step blocks around a single direction's recurrence: csrc/cpu/helper_thread.h, step_blocks.h),
+so what Python threads calling one module at the same time do to them is worth checking:
 
 * several threads calling the same module concurrently (forward; forward + torch.autograd.grad;
   backward() accumulating into the shared .grad) get exactly the results of serial calls, which
@@ -11,13 +11,17 @@ what Python threads calling one module at the same time do to them is worth chec
   torch.set_num_threads(1) or (2), for the pipelined single-direction small-batch layers (batch
   <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence);
 * a call that raised (in the module's checks or in the C++ operator) in another thread leaves the
-  module, and the kernels, working.
+  module, and the kernels, working;
+* a process exits cleanly right after calls whose helper task may still hold their tensors (the
+  helper must never release a tensor Python knows: that takes the GIL, and at exit it aborted).
 
 A thread that never finishes (a deadlocked hand-off) fails the test after a timeout.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -253,3 +257,24 @@ def test_module_works_after_errors_in_other_threads() -> None:
         for result, expected in zip(again, before):
             assert_bitwise(result, expected, "after an error, from threads")
     assert_matches_nn_rnn(before[0], forward_backward(theirs, *inputs[0]), dtype)
+
+
+# Each the process's first and last rnnkern call, its outputs dropped at once: the helper thread
+# starts with it, so its task may still hold the call's tensors (whose Python objects outlive
+# Python's own references) as the interpreter exits.
+EXIT_RIGHT_AFTER = {
+    "forward": "rnnkern.RNN(64, 64)(torch.randn(512, 1, 64))",
+    "training step": "sum(t.sum() for t in rnnkern.RNN(64, 64)(torch.randn(512, 1, 64))).backward()",
+    "bidirectional": "rnnkern.RNN(64, 64, bidirectional=True)(torch.randn(64, 1, 64))",
+}
+
+
+@pytest.mark.parametrize("call", EXIT_RIGHT_AFTER)
+def test_process_exits_cleanly_right_after_helper_tasks(call: str) -> None:
+    """The helper must never release a tensor Python knows (that takes the GIL: at exit, abort)."""
+    script = f"import torch, rnnkern\ntorch.set_num_threads(2)\n{EXIT_RIGHT_AFTER[call]}\n"
+    for _ in range(3):  # a race: the helper has to be late
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"exit code {result.returncode}: {result.stderr[-2000:]}"
