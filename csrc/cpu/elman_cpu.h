@@ -59,9 +59,11 @@ constexpr int64_t kPipelineStepsPerBlock = 32;
 // direction (two use both threads already), the register kernel (small batch: the recurrence leaves
 // a core idle), and enough steps for a few blocks. It depends on the shape only, never on the
 // thread count, so the blocking (and so the rounding) is the same on one thread or two.
+inline bool pipelined(int64_t directions, int64_t batch, int64_t steps) {
+  return directions == 1 && use_register_kernel(batch) && steps >= 4 * kPipelineStepsPerBlock;
+}
 inline bool pipelined(const LayerShape& s) {
-  return s.directions == 1 && use_register_kernel(s.layout) &&
-         s.layout.steps >= 4 * kPipelineStepsPerBlock;
+  return pipelined(s.directions, s.layout.batch, s.layout.steps);
 }
 
 // pipelined() read off an operator's arguments before they are checked (arguments that fail the
@@ -72,9 +74,9 @@ inline bool pipelined(const LayerShape& s) {
 // average, PERFORMANCE.md); the helper thread is the call's parallelism.
 inline bool pipelined_arguments(const at::Tensor& input, const at::Tensor& hx,
                                 const std::optional<at::Tensor>& batch_sizes) {
-  if (hx.dim() != 3 || hx.size(0) != 1 || hx.size(1) > kMaxRegisterBatch) return false;
+  if (hx.dim() != 3) return false;
   const int64_t steps = batch_sizes ? batch_sizes->numel() : (input.dim() == 3 ? input.size(0) : 0);
-  return steps >= 4 * kPipelineStepsPerBlock;
+  return pipelined(hx.size(0), hx.size(1), steps);
 }
 
 // Both directions of a bidirectional layer at once, never waiting for the helper thread: the

@@ -78,6 +78,7 @@ template <typename T>
 struct ReverseForward {
   explicit ReverseForward(ForwardCall& c)
       : call(c),
+        relu(c.relu),
         shape(c.shape),
         w_hh(weight_hh(c.weights, c.shape, 1)),
         out(c.out.narrow(1, c.shape.hidden, c.shape.hidden).contiguous()),
@@ -85,7 +86,7 @@ struct ReverseForward {
 
   void help() {
     if (blocks.claim() != 0) return;
-    forward_direction<T>(direction_loop<T>(shape, 1, call_relu, w_hh, /*column=*/0), out, state);
+    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), out, state);
     blocks.finish(0);
   }
   void first() { run(0); }
@@ -101,13 +102,14 @@ struct ReverseForward {
   void run(int64_t d) {
     at::Tensor h = call.h_n.select(0, d);
     forward_direction<T>(
-        direction_loop<T>(call.shape, d, call.relu, weight_hh(call.weights, call.shape, d)),
-        call.out, h);
+        direction_loop<T>(call.shape, d, relu, weight_hh(call.weights, call.shape, d)), call.out,
+        h);
   }
 
   ForwardCall& call;  // the caller's: read by first(), second() and take_result() only
-  const bool call_relu = call.relu;
+  const bool relu;
   const LayerShape shape;  // the helper's own copies, from here on
+
   const at::Tensor w_hh, out;
   at::Tensor state;
 };

@@ -30,8 +30,9 @@ namespace rnnkern::cpu {
 // to 512, and the two are mixed at 64.
 constexpr int64_t kMaxRegisterBatch = 32;
 
+inline bool use_register_kernel(int64_t batch) { return batch <= kMaxRegisterBatch; }
 inline bool use_register_kernel(const SequenceLayout& layout) {
-  return layout.batch <= kMaxRegisterBatch;
+  return use_register_kernel(layout.batch);
 }
 
 // Where one direction's columns sit in a 2-D (N, D*H) buffer.
