@@ -18,6 +18,7 @@
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
 #include "helper_thread.h"
+#include "split_rows.h"
 #include "step_blocks.h"
 
 namespace rnnkern::cpu {
@@ -115,6 +116,38 @@ struct GradientsBehind {
   at::Tensor helper_scratch, caller_scratch;  // the states each block's rows started from
 };
 
+// The weight gradients over every step, direction by direction, as sums over blocks of steps
+// shared with the helper thread (split_rows.h: split_sum), added in block order: one GEMM over all
+// of a long sequence's rows would be split by a BLAS on two threads differently than on one, and
+// round differently.
+void split_weight_gradients(BackwardCall& c) {
+  if (!(c.need_weights || c.need_bias)) return;
+  const LayerShape& s = c.shape;
+  const int64_t H = s.hidden, B = s.layout.batch;
+  const BackwardCall call = c;  // the helper's own handles to the tensors
+  for (int64_t d = 0; d < s.directions; ++d) {
+    std::vector<Tensor> sums;
+    if (c.need_weights) sums = {c.grad_w_ih.select(0, d), c.grad_w_hh.select(0, d)};
+    if (c.need_bias) sums.push_back(c.grad_bias.select(0, d));
+    split_sum(sums, s.layout.steps, B * (s.input_size + H + 1) * H,
+              [call, d, H](int64_t first, int64_t steps, std::vector<Tensor>& dest) {
+                size_t k = 0;
+                Tensor w_ih, w_hh, bias;
+                if (call.need_weights) {
+                  w_ih = dest[k++];
+                  w_hh = dest[k++];
+                }
+                if (call.need_bias) bias = dest[k];
+                const int64_t rows = call.shape.layout.rows_of_steps(first, first + steps).second;
+                Tensor scratch =
+                    call.need_weights ? at::empty({rows, H}, call.x.options()) : Tensor();
+                call.block_weight_gradients(d, first, first + steps, scratch, gather_previous, w_ih,
+                                            w_hh, bias);
+              });
+  }
+  c.weight_gradients_added = true;
+}
+
 // The reverse direction of a bidirectional layer, for both_directions: the helper runs it into a
 // dZ and a state gradient of its own (reading dY and Y, which nobody writes).
 template <typename T>
@@ -168,13 +201,14 @@ void backward_loop(BackwardCall& c) {
       backward_direction<scalar_t>(p, c.dy, c.y, c.dz, dstate, after_step);
     };
     if (!pipelined(s) || !(c.need_weights || c.need_bias)) {
-      // The driver adds the weight gradients and dX after the loop.
       if (s.directions == 1)
         recur(0, [](int64_t) {});
       else
         both_directions(std::make_shared<ReverseBackward<scalar_t>>(c));
+      split_weight_gradients(c);  // the driver computes dX
       return;
     }
+
     // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j).
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto behind = std::make_shared<GradientsBehind>(c);

@@ -15,6 +15,7 @@
 #include "../layer/kernel_dtypes.h"
 #include "../layer/layer_args.h"
 #include "elman_cpu.h"
+#include "split_rows.h"
 
 namespace rnnkern::cpu {
 namespace {
@@ -103,8 +104,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> elman_cell_backward_cpu(
       if (need_input) at::mm_out(grad_input, dz, w_ih);
       if (need_hx) at::mm_out(grad_hx, dz, w_hh);
       if (need_weights) {
-        at::mm_out(grad_w_ih, dz.t(), x);
-        at::mm_out(grad_w_hh, dz.t(), h);
+        // A sum over the batch: blocks of units that round the same on one thread or two.
+        const Tensor dz_t = dz.t();
+        split_rows({grad_w_ih, grad_w_hh}, B * (I + H),
+                   [dz_t, x, h](int64_t first, int64_t units, std::vector<Tensor>& dest) {
+                     at::mm_out(dest[0], dz_t.narrow(0, first, units), x);
+                     at::mm_out(dest[1], dz_t.narrow(0, first, units), h);
+                   });
       }
       return;
     }

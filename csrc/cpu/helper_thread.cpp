@@ -47,7 +47,6 @@ void run_tasks(Worker* w) {
   const sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
 #endif
-  at::internal::lazy_init_num_threads();  // before the guard, which must have the last word
   const SingleThreaded single_threaded;
   // Like the caller's kernels, the tasks' ATen calls are below autograd.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -71,17 +70,29 @@ void run_tasks(Worker* w) {
   }
 }
 
+// Offers made to the helper since the process started, accepted or not (helper_offers()).
+std::atomic<int64_t> offers_made{0};
+
+// torch's thread count as this thread's caller set it, while a SingleThreaded guard is alive on the
+// thread (0 when none is): inside the guard, at::get_num_threads() answers 1.
+thread_local int threads_outside_guard = 0;
+
 // The child of a fork has no worker thread, and the parent's mutex may have been held at the fork:
 // start afresh (the old Worker is left as it is, never touched again).
 void forget_worker_in_child() { worker.store(new Worker); }
 
 }  // namespace
 
-bool helper_available() { return at::get_num_threads() >= 2; }
+bool helper_available() {
+  return (threads_outside_guard > 0 ? threads_outside_guard : at::get_num_threads()) >= 2;
+}
+
+int64_t helper_offers() { return offers_made.load(std::memory_order_relaxed); }
 
 bool offer_to_helper(std::function<void()> task) {
   static const bool registered = pthread_atfork(nullptr, nullptr, forget_worker_in_child) == 0;
   (void)registered;
+  offers_made.fetch_add(1, std::memory_order_relaxed);
   Worker* w = worker.load();
   // The tasks the helper has finished are destroyed here, on a caller's thread, never on the
   // helper: a task may hold the last reference to a tensor Python also knows (an output returned
@@ -107,14 +118,24 @@ bool offer_to_helper(std::function<void()> task) {
   return true;
 }
 
+// at::get_num_threads() first: on a thread's first call it sets the thread's OpenMP thread count to
+// torch's (it has the last word before the guard's, not after it). The inline
+// at::internal::lazy_init_num_threads would not do: compiled into this library, it keeps a flag of
+// its own, and torch's first parallel loop on the thread would then undo the guard (the helper ran
+// every ATen operation on two OpenMP threads that way, its own second one included).
 SingleThreaded::SingleThreaded()
-    : omp_threads_(omp_get_max_threads()),
+    : outermost_(threads_outside_guard == 0),
+      omp_threads_(at::get_num_threads()),
+
       mkl_threads_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {
+  if (outermost_) threads_outside_guard = omp_threads_;
   omp_set_num_threads(1);
 }
 
 SingleThreaded::~SingleThreaded() {
+  if (outermost_) threads_outside_guard = 0;
   omp_set_num_threads(omp_threads_);
+
   if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_threads_);
 }
 

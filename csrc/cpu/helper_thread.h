@@ -23,9 +23,16 @@
 namespace rnnkern::cpu {
 
 // Whether calls may hand work to the helper: torch's intra-op thread count (torch.set_num_threads,
-// OMP_NUM_THREADS) is at least 2. With one thread, every call does all of its work itself, in the
-// same blocks, so results are the same bits either way.
+// OMP_NUM_THREADS) is at least 2, as the caller set it (a SingleThreaded guard on this thread does
+// not count). With one thread, every call does all of its work itself, in the same blocks, so
+// results are the same bits either way.
 bool helper_available();
+
+// How many tasks calls have offered the helper since the process started, whether it took them or
+// not (for the tests: a call that should use two cores offers work; whether the helper gets to it
+// depends on the machine's load).
+
+int64_t helper_offers();
 
 // Queues `task` for the helper thread (started on first use) and returns at once: true if queued,
 // false if the helper is too far behind to take it (the caller then does all of its work).
@@ -42,7 +49,9 @@ class SingleThreaded {
   SingleThreaded& operator=(const SingleThreaded&) = delete;
 
  private:
+  bool outermost_;  // the first guard alive on this thread: records the caller's thread count
   int omp_threads_;
+
   int mkl_threads_;
 };
 

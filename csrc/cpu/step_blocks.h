@@ -114,6 +114,25 @@ class SharedBlocks {
     return -1;
   }
 
+  // The two-ended form, for work whose blocks are all ready at once, each with a slot of its own
+  // (split_rows.h): the caller takes blocks from the first up, the helper from the last down.
+  //
+  // Caller: block j is now the caller's if nobody had started it (true). Never waits.
+  bool claim_free(int64_t j) {
+    int s = kFree;
+    return state_[j].compare_exchange_strong(s, kTaken, std::memory_order_acq_rel);
+  }
+  // Helper: the last block nobody has started, or -1 once the two ends have met (or the call is
+  // over). Never waits.
+  int64_t claim_from_back() {
+    const int64_t j = (back_ < 0 ? count_ : back_) - 1;
+    if (j < 0 || closed_.load(std::memory_order_acquire)) return -1;
+    int s = kFree;
+    if (!state_[j].compare_exchange_strong(s, kClaimed, std::memory_order_acq_rel)) return -1;
+    back_ = j;
+    return j;
+  }
+
   // Helper: block j's result is in its slot (unless the caller took the block over meanwhile).
   void finish(int64_t j) {
     int s = kClaimed;
@@ -138,7 +157,8 @@ class SharedBlocks {
   std::atomic<bool> closed_{false};
   std::atomic<int> progress_{0};
 
-  int64_t next_ = 0;  // the helper's own
+  int64_t next_ = 0;   // the helper's own
+  int64_t back_ = -1;  // the helper's own: its last block from the back, -1 before the first
 };
 
 // Closes a SharedBlocks when the caller's scope ends, however it ends (an exception included), so

@@ -9,7 +9,9 @@ so what Python threads calling one module at the same time do to them is worth c
   match torch.nn.RNN with the same weights;
 * the same inputs give bitwise-identical outputs and gradients from run to run, and with
   torch.set_num_threads(1) or (2), for the pipelined single-direction small-batch layers (batch
-  <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence);
+  <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence), and for
+  the cell at a batch where its weight gradients are BLAS sums over the batch;
+
 * a call that raised (in the module's checks or in the C++ operator) in another thread leaves the
   module, and the kernels, working;
 * a process exits cleanly right after calls whose helper task may still hold their tensors (the
@@ -210,6 +212,65 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
     for run, (n, other) in enumerate(results[1:], start=1):
         assert_bitwise(other, first, f"run {run} on {n} thread(s) vs run 0 on 1 thread")
     assert_matches_nn_rnn(first, call(theirs), dtype)
+
+
+@pytest.mark.parametrize(
+    "config, seq_len, batch",
+    [
+        (dict(input_size=6, hidden_size=48), 160, 2),  # pipelined: projection, weight gradients
+        (dict(input_size=6, hidden_size=48, bidirectional=True), 40, 2),  # the second direction
+        (dict(input_size=64, hidden_size=256), 64, 40),  # weight gradients as sums of blocks
+    ],
+)
+def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batch) -> None:
+    """With two threads each call offers work to the helper thread (with one, none), on a thread's
+    later calls as on its first (a guard that makes the kernels' BLAS single-threaded once also
+    hid torch's thread count from the offer). Whether the helper takes it depends on the load."""
+
+    _, ours = rnn_pair(**config)
+    x = torch.randn(seq_len, batch, config["input_size"], requires_grad=True)
+    threads = torch.get_num_threads()
+    offered = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for call in range(3):
+                before = rnnkern._C.helper_offers()
+                out, h_n = ours(x)
+                (out.sum() + h_n.sum()).backward()
+                offered[n, call] = rnnkern._C.helper_offers() - before
+    finally:
+        torch.set_num_threads(threads)
+    assert all(offered[1, call] == 0 for call in range(3)), offered
+    assert all(offered[2, call] >= 1 for call in range(3)), offered
+
+
+def test_cell_gradients_bitwise_on_one_thread_or_two() -> None:
+    """At a batch large enough for BLAS, the cell's weight gradients are sums over the batch, which
+    a BLAS on two threads may split differently than on one; rnnkern's must not differ."""
+    torch.manual_seed(0)
+    theirs = torch.nn.RNNCell(32, 32)
+    ours = rnnkern.RNNCell(32, 32)
+    ours.load_state_dict(theirs.state_dict())
+    x, h = torch.randn(4096, 32), torch.randn(4096, 32)
+
+    def call(cell) -> list[torch.Tensor]:
+        x_ = x.clone().requires_grad_()
+        out = cell(x_, h)
+        return [out.detach(), *grads((out,), [x_, *cell.parameters()])]
+
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            results.append((n, call(ours)))
+    finally:
+        torch.set_num_threads(threads)
+    for run, (n, other) in enumerate(results[1:], start=1):
+        assert_bitwise(other, results[0][1], f"run {run} on {n} thread(s) vs run 0 on 1 thread")
+    for a, b in zip(results[0][1], call(theirs)):
+        assert_close(a, b, GRAD_TOL[torch.float32], "vs nn.RNNCell")
 
 
 # ---------------------------------------------------------------------------------------------
