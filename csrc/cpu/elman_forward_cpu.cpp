@@ -80,7 +80,7 @@ struct ReverseForward {
       : call(c),
         relu(c.relu),
         shape(c.shape),
-        w_hh(weight_hh(c.weights, c.shape, 1)),
+        w_hh(weight_hh(c.weights, c.shape, 1).alias()),  // not the parameter itself: see below
         out(c.out.narrow(1, c.shape.hidden, c.shape.hidden).contiguous()),
         state(c.h_n.select(0, 1).clone()) {}
 
@@ -110,7 +110,10 @@ struct ReverseForward {
   const bool relu;
   const LayerShape shape;  // the helper's own copies, from here on
 
+  // w_hh is an alias, never the caller's parameter tensor itself: a finished task lives until the
+  // next offer, and a second handle to a parameter stops torch's swap_tensors (module.to()).
   const at::Tensor w_hh, out;
+
   at::Tensor state;
 };
 
