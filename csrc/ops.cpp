@@ -32,7 +32,6 @@
 
 #include "cpu/helper_thread.h"
 #include "cpu/kernels.h"
-
 #include "layer/kernel_dtypes.h"
 #include "layer/layer_args.h"
 #if defined(RNNKERN_WITH_CUDA)
@@ -103,7 +102,6 @@ PYBIND11_MODULE(_C, module) {
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
   module.def("helper_offers", &rnnkern::cpu::helper_offers,
              "How many tasks the CPU kernels' helper thread has been offered in this process.");
-
   module.def(
       "check_layer_args",
       [](const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights,

@@ -208,7 +208,6 @@ void backward_loop(BackwardCall& c) {
       split_weight_gradients(c);  // the driver computes dX
       return;
     }
-
     // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j).
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto behind = std::make_shared<GradientsBehind>(c);

@@ -113,7 +113,6 @@ struct ReverseForward {
   // w_hh is an alias, never the caller's parameter tensor itself: a finished task lives until the
   // next offer, and a second handle to a parameter stops torch's swap_tensors (module.to()).
   const at::Tensor w_hh, out;
-
   at::Tensor state;
 };
 

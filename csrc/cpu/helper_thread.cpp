@@ -126,7 +126,6 @@ bool offer_to_helper(std::function<void()> task) {
 SingleThreaded::SingleThreaded()
     : outermost_(threads_outside_guard == 0),
       omp_threads_(at::get_num_threads()),
-
       mkl_threads_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {
   if (outermost_) threads_outside_guard = omp_threads_;
   omp_set_num_threads(1);
@@ -135,7 +134,6 @@ SingleThreaded::SingleThreaded()
 SingleThreaded::~SingleThreaded() {
   if (outermost_) threads_outside_guard = 0;
   omp_set_num_threads(omp_threads_);
-
   if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(mkl_threads_);
 }
 

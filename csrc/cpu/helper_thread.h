@@ -31,7 +31,6 @@ bool helper_available();
 // How many tasks calls have offered the helper since the process started, whether it took them or
 // not (for the tests: a call that should use two cores offers work; whether the helper gets to it
 // depends on the machine's load).
-
 int64_t helper_offers();
 
 // Queues `task` for the helper thread (started on first use) and returns at once: true if queued,
@@ -51,7 +50,6 @@ class SingleThreaded {
  private:
   bool outermost_;  // the first guard alive on this thread: records the caller's thread count
   int omp_threads_;
-
   int mkl_threads_;
 };
 

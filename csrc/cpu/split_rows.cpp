@@ -23,6 +23,15 @@ namespace {
 constexpr int64_t kBlockWork = int64_t{1} << 22;
 constexpr int64_t kMaxBlocks = 4;
 
+// Rows per block, from the number of rows and the multiply-adds each costs: one block when the
+// whole is small, else blocks of at least kBlockWork multiply-adds, at most kMaxBlocks of them.
+int64_t rows_per_block(int64_t rows, int64_t work_per_row) {
+  const int64_t work = rows * work_per_row;
+  if (rows <= 1 || work < 2 * kBlockWork) return std::max<int64_t>(rows, 1);
+  const int64_t count = std::min(kMaxBlocks, work / kBlockWork);
+  return (rows + count - 1) / count;
+}
+
 // Block j (rows [j * block_rows, ...)) of `into`, by fn.
 void compute_block(const RowBlockFn& fn, int64_t block_rows, int64_t j,
                    const std::vector<at::Tensor>& into) {
@@ -89,13 +98,6 @@ void split_blocks(const std::vector<at::Tensor>& outs, int64_t block_rows, const
 }
 
 }  // namespace
-
-int64_t rows_per_block(int64_t rows, int64_t work_per_row) {
-  const int64_t work = rows * work_per_row;
-  if (rows <= 1 || work < 2 * kBlockWork) return std::max<int64_t>(rows, 1);
-  const int64_t count = std::min(kMaxBlocks, work / kBlockWork);
-  return (rows + count - 1) / count;
-}
 
 void split_rows(const std::vector<at::Tensor>& outs, int64_t work_per_row, const RowBlockFn& fn) {
   split_blocks(outs, rows_per_block(outs.front().size(0), work_per_row), fn);

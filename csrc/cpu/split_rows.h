@@ -26,14 +26,10 @@ namespace rnnkern::cpu {
 // it reads, and write nothing but `dest`.
 using RowBlockFn = std::function<void(int64_t first, int64_t rows, std::vector<at::Tensor>& dest)>;
 
-// Rows per block, from the number of rows and the multiply-adds each costs: one block when the
-// whole is small (the helper would not wake in time to help), else blocks of at least kBlockWork
-// (split_rows.cpp) multiply-adds, at most kMaxBlocks of them.
-int64_t rows_per_block(int64_t rows, int64_t work_per_row);
-
-// Fills rows [0, M) of every tensor of `outs` (all M rows long) with fn, in blocks of
-// rows_per_block(M, work_per_row) rows, single-threaded, with the helper thread's help when torch
-// has two threads or more.
+// Fills rows [0, M) of every tensor of `outs` (all M rows long) with fn, in blocks of rows whose
+// size depends on M and work_per_row (the multiply-adds of a row) alone: one block when the whole
+// is small (the helper would not wake in time to help), else at most four (split_rows.cpp); each
+// block single-threaded, with the helper thread's help when torch has two threads or more.
 void split_rows(const std::vector<at::Tensor>& outs, int64_t work_per_row, const RowBlockFn& fn);
 
 // Sums over `rows` rows of input, in blocks of rows as above: fn(first, rows, dest) writes the sums

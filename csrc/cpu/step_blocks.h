@@ -48,7 +48,10 @@ inline int64_t block_count(int64_t steps, int64_t steps_per_block) {
 class SharedBlocks {
  public:
   SharedBlocks(int64_t count, int64_t slots)
-      : count_(count), slots_(slots), state_(new std::atomic<int>[static_cast<size_t>(count)]) {
+      : count_(count),
+        slots_(slots),
+        state_(new std::atomic<int>[static_cast<size_t>(count)]),
+        back_(count) {
     for (int64_t j = 0; j < count; ++j) state_[j].store(kFree, std::memory_order_relaxed);
   }
 
@@ -125,7 +128,7 @@ class SharedBlocks {
   // Helper: the last block nobody has started, or -1 once the two ends have met (or the call is
   // over). Never waits.
   int64_t claim_from_back() {
-    const int64_t j = (back_ < 0 ? count_ : back_) - 1;
+    const int64_t j = back_ - 1;
     if (j < 0 || closed_.load(std::memory_order_acquire)) return -1;
     int s = kFree;
     if (!state_[j].compare_exchange_strong(s, kClaimed, std::memory_order_acq_rel)) return -1;
@@ -157,8 +160,8 @@ class SharedBlocks {
   std::atomic<bool> closed_{false};
   std::atomic<int> progress_{0};
 
-  int64_t next_ = 0;   // the helper's own
-  int64_t back_ = -1;  // the helper's own: its last block from the back, -1 before the first
+  int64_t next_ = 0;  // the helper's own
+  int64_t back_;      // the helper's own: its last block from the back, count_ before the first
 };
 
 // Closes a SharedBlocks when the caller's scope ends, however it ends (an exception included), so

@@ -11,7 +11,6 @@ so what Python threads calling one module at the same time do to them is worth c
   torch.set_num_threads(1) or (2), for the pipelined single-direction small-batch layers (batch
   <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence), and for
   the cell at a batch where its weight gradients are BLAS sums over the batch;
-
 * a call that raised (in the module's checks or in the C++ operator) in another thread leaves the
   module, and the kernels, working;
 * a process exits cleanly right after calls whose helper task may still hold their tensors (the
@@ -226,7 +225,6 @@ def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batc
     """With two threads each call offers work to the helper thread (with one, none), on a thread's
     later calls as on its first (a guard that makes the kernels' BLAS single-threaded once also
     hid torch's thread count from the offer). Whether the helper takes it depends on the load."""
-
     _, ours = rnn_pair(**config)
     x = torch.randn(seq_len, batch, config["input_size"], requires_grad=True)
     threads = torch.get_num_threads()
