@@ -81,7 +81,9 @@ struct ReverseForward {
         relu(c.relu),
         shape(c.shape),
         w_hh(weight_hh(c.weights, c.shape, 1).alias()),  // not the parameter itself: see below
-        out(c.out.narrow(1, c.shape.hidden, c.shape.hidden).contiguous()),
+        // A copy always: contiguous() would hand back the caller's own columns when they are
+        // contiguous already (a single row), and the helper would activate them a second time.
+        out(c.out.narrow(1, c.shape.hidden, c.shape.hidden).clone(at::MemoryFormat::Contiguous)),
         state(c.h_n.select(0, 1).clone()) {}
 
   void help() {
