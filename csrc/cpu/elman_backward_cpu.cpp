@@ -38,6 +38,14 @@ void gather_previous(const BackwardCall& c, int64_t d, int64_t t_begin, int64_t 
   });
 }
 
+// The call as a helper's task may keep it, after the call has returned: without the call's outputs
+// (autograd hands an output gradient nobody else holds to .grad as it is, and copies one that is
+// held elsewhere).
+BackwardCall without_outputs(BackwardCall c) {
+  c.grad_w_ih = c.grad_w_hh = c.grad_bias = c.grad_h0 = c.grad_input = Tensor();
+  return c;
+}
+
 // The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
 // behind the recurrence as it finishes them (into its slots, each block's gradients afresh) and the
 // caller adds to the sums in block order, during its loop where the helper is done and after it for
@@ -47,7 +55,7 @@ struct GradientsBehind {
   static constexpr int64_t kSlots = 4;  // finished blocks the helper may hold unread
 
   explicit GradientsBehind(const BackwardCall& c)
-      : call(c),
+      : call(without_outputs(c)),
         blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
         slots(at::empty({kSlots + 1, block_size()}, c.x.options())),
         helper_scratch(scratch_like(c)),
@@ -124,7 +132,7 @@ void split_weight_gradients(BackwardCall& c) {
   if (!(c.need_weights || c.need_bias)) return;
   const LayerShape& s = c.shape;
   const int64_t H = s.hidden, B = s.layout.batch;
-  const BackwardCall call = c;  // the helper's own handles to the tensors
+  const BackwardCall call = without_outputs(c);
   for (int64_t d = 0; d < s.directions; ++d) {
     std::vector<Tensor> sums;
     if (c.need_weights) sums = {c.grad_w_ih.select(0, d), c.grad_w_hh.select(0, d)};

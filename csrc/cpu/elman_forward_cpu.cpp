@@ -27,7 +27,7 @@ struct ProjectionAhead {
   static constexpr int64_t kSlots = 4;  // blocks the helper may run ahead
 
   explicit ProjectionAhead(const ForwardCall& c)
-      : call(without_weights(c)),
+      : call(inputs_only(c)),
         blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
         slots(at::empty({kSlots * kPipelineStepsPerBlock * c.shape.layout.batch, c.out.size(1)},
                         c.out.options())) {
@@ -58,9 +58,11 @@ struct ProjectionAhead {
   const at::Tensor slots;  // kSlots blocks of rows
 
  private:
-  // The call's tensors without its list of weights, which is a view of the caller's arguments.
-  static ForwardCall without_weights(ForwardCall c) {
+  // What the projection reads of the call: neither its list of weights (a view of the caller's
+  // arguments) nor its outputs (returned to the user while the task may live on).
+  static ForwardCall inputs_only(ForwardCall c) {
     c.weights = {};
+    c.out = c.h0 = c.h_n = at::Tensor();
     return c;
   }
   std::pair<int64_t, int64_t> rows_of(int64_t j) const {

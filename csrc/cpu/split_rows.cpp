@@ -2,7 +2,6 @@
 #include "split_rows.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <memory>
@@ -14,6 +13,8 @@
 namespace rnnkern::cpu {
 namespace {
 
+using Tensors = std::vector<at::Tensor>;
+
 // Blocks are few and large: each is one BLAS call, which packs the whole of its shared operand
 // (X or H_prev for the weight gradients, 8 MB at 2048 rows x 1024) before it starts; with 16 blocks
 // of 64 units the weight gradients were 30% slower on one thread than one GEMM (PERFORMANCE.md,
@@ -23,113 +24,136 @@ namespace {
 constexpr int64_t kBlockWork = int64_t{1} << 22;
 constexpr int64_t kMaxBlocks = 4;
 
-// Rows per block, from the number of rows and the multiply-adds each costs: one block when the
-// whole is small, else blocks of at least kBlockWork multiply-adds, at most kMaxBlocks of them.
-int64_t rows_per_block(int64_t rows, int64_t work_per_row) {
-  const int64_t work = rows * work_per_row;
-  if (rows <= 1 || work < 2 * kBlockWork) return std::max<int64_t>(rows, 1);
-  const int64_t count = std::min(kMaxBlocks, work / kBlockWork);
-  return (rows + count - 1) / count;
-}
+// The blocks of `total` rows: one when the whole is small, else blocks of at least kBlockWork
+// multiply-adds, at most kMaxBlocks of them. Depends on the shape alone.
+struct RowBlocks {
+  RowBlocks(int64_t total, int64_t work_per_row) : total(total) {
+    const int64_t work = total * work_per_row;
+    const int64_t blocks =
+        total <= 1 || work < 2 * kBlockWork ? 1 : std::min(kMaxBlocks, work / kBlockWork);
+    rows = std::max<int64_t>((total + blocks - 1) / blocks, 1);
+    count = block_count(total, rows);
+  }
+  int64_t first(int64_t j) const { return j * rows; }
+  int64_t rows_of(int64_t j) const { return std::min(rows, total - first(j)); }
 
-// Block j (rows [j * block_rows, ...)) of `into`, by fn.
-void compute_block(const RowBlockFn& fn, int64_t block_rows, int64_t j,
-                   const std::vector<at::Tensor>& into) {
-  const int64_t first = j * block_rows;
-  const int64_t n = std::min(block_rows, into.front().size(0) - first);
-  std::vector<at::Tensor> dest;
-  dest.reserve(into.size());
-  for (const at::Tensor& t : into) dest.push_back(t.narrow(0, first, n));
-  fn(first, n, dest);
-}
+  int64_t total, rows, count;
+};
+
+// Fresh buffers for one block's results, given its rows. Holds shapes only, never a tensor of the
+// call's: the helper calls it, possibly after the call has returned.
+using MakeBuffers = std::function<Tensors(int64_t rows)>;
 
 // One split, shared with the helper's task (which may outlive the call).
 struct Split {
-  Split(const std::vector<at::Tensor>& outs, int64_t block_rows, RowBlockFn fn)
+  Split(RowBlockFn fn, const RowBlocks& b, MakeBuffers make)
       : fn(std::move(fn)),
-        block_rows(block_rows),
-        blocks(block_count(outs.front().size(0), block_rows),
-               block_count(outs.front().size(0), block_rows)) {
-    for (const at::Tensor& out : outs) helper_copies.push_back(at::empty_like(out));
-  }
+        b(b),
+        make(std::move(make)),
+        blocks(b.count, b.count),
+        results(b.count) {}
 
-  // Helper: blocks from the last down, into its copies, until it meets the caller.
+  // Helper: blocks from the last down, into buffers of its own, until it meets the caller.
   void help() {
     for (int64_t j = blocks.claim_from_back(); j >= 0; j = blocks.claim_from_back()) {
-      compute_block(fn, block_rows, j, helper_copies);
+      Tensors dest = make(b.rows_of(j));
+      fn(b.first(j), b.rows_of(j), dest);
+      results[j] = std::move(dest);  // the caller reads it only after finish()
       blocks.finish(j);
     }
   }
 
-  // Caller: block j from the helper's copies into the outputs.
-  void copy_out(int64_t j, const std::vector<at::Tensor>& outs) const {
-    const int64_t first = j * block_rows, n = std::min(block_rows, outs.front().size(0) - first);
-    for (size_t k = 0; k < outs.size(); ++k)
-      outs[k].narrow(0, first, n).copy_(helper_copies[k].narrow(0, first, n));
-  }
-
   const RowBlockFn fn;
-  const int64_t block_rows;
+  const RowBlocks b;
+  const MakeBuffers make;
   SharedBlocks blocks;
-  std::vector<at::Tensor> helper_copies;
+  std::vector<Tensors> results;  // [j]: block j's, when the helper computed it
 };
 
-// split_rows with the blocks given.
-void split_blocks(const std::vector<at::Tensor>& outs, int64_t block_rows, const RowBlockFn& fn) {
-  const int64_t count = block_count(outs.front().size(0), block_rows);
-  const SingleThreaded single_threaded;  // each block: as on the helper
-  if (count <= 1 || !helper_available()) {
-    for (int64_t j = 0; j < count; ++j) compute_block(fn, block_rows, j, outs);
-    return;
+// Where a block's result is: in the caller's destination for it, or in the helper's buffers.
+struct BlockResult {
+  Tensors tensors;
+  bool by_helper = false;
+};
+
+// Every block of b computed once, the caller's into caller_dest(j), the helper's (taking blocks
+// from the last down, neither waiting for the other) into buffers of make's.
+template <class CallerDest>
+std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
+                                    const MakeBuffers& make, const CallerDest& caller_dest) {
+  std::vector<BlockResult> results(b.count);
+  auto compute = [&](int64_t j) {
+    results[j].tensors = caller_dest(j);
+    fn(b.first(j), b.rows_of(j), results[j].tensors);
+  };
+  if (b.count <= 1 || !helper_available()) {
+    for (int64_t j = 0; j < b.count; ++j) compute(j);
+    return results;
   }
-  auto split = std::make_shared<Split>(outs, block_rows, fn);
+  auto split = std::make_shared<Split>(fn, b, make);
   const CloseOnExit close(split->blocks);
   offer_to_helper([split] { split->help(); });
   int64_t j = 0;
-  for (; j < count && split->blocks.claim_free(j); ++j) compute_block(fn, block_rows, j, outs);
+  for (; j < b.count && split->blocks.claim_free(j); ++j) compute(j);
   // Blocks [j, count) are the helper's, finished except perhaps block j, which it started last:
-  // copy the finished ones first, giving it the most time.
-  for (int64_t i = count - 1; i >= j; --i) {
+  // take the finished ones first, giving it the most time.
+  for (int64_t i = b.count - 1; i >= j; --i) {
     if (split->blocks.take(i))
-      split->copy_out(i, outs);
+      results[i] = {std::move(split->results[i]), true};  // the helper no longer touches it
     else
-      compute_block(fn, block_rows, i, outs);
+      compute(i);
   }
+  return results;
+}
+
+// What MakeBuffers needs of each tensor: its sizes and options.
+using Shapes = std::vector<std::pair<std::vector<int64_t>, at::TensorOptions>>;
+Shapes shapes_of(const Tensors& ts) {
+  Shapes shapes;
+  for (const at::Tensor& t : ts) shapes.emplace_back(t.sizes().vec(), t.options());
+  return shapes;
 }
 
 }  // namespace
 
-void split_rows(const std::vector<at::Tensor>& outs, int64_t work_per_row, const RowBlockFn& fn) {
-  split_blocks(outs, rows_per_block(outs.front().size(0), work_per_row), fn);
+void split_rows(const Tensors& outs, int64_t work_per_row, const RowBlockFn& fn) {
+  const SingleThreaded single_threaded;  // each block: as on the helper
+  const RowBlocks b(outs.front().size(0), work_per_row);
+  const MakeBuffers make = [shapes = shapes_of(outs)](int64_t rows) {
+    Tensors buffers;
+    for (auto [sizes, options] : shapes) {
+      sizes[0] = rows;
+      buffers.push_back(at::empty(sizes, options));
+    }
+    return buffers;
+  };
+  auto rows_of_outs = [&](int64_t j) {
+    Tensors views;
+    for (const at::Tensor& out : outs) views.push_back(out.narrow(0, b.first(j), b.rows_of(j)));
+    return views;
+  };
+  const std::vector<BlockResult> results = run_blocks(b, fn, make, rows_of_outs);
+  for (int64_t j = 0; j < b.count; ++j) {
+    if (!results[j].by_helper) continue;
+    const Tensors dest = rows_of_outs(j);
+    for (size_t k = 0; k < outs.size(); ++k) dest[k].copy_(results[j].tensors[k]);
+  }
 }
 
-void split_sum(const std::vector<at::Tensor>& sums, int64_t rows, int64_t work_per_row,
-               const RowBlockFn& fn) {
-  const int64_t block_rows = rows_per_block(rows, work_per_row);
-  const int64_t count = block_count(rows, block_rows);
+void split_sum(const Tensors& sums, int64_t rows, int64_t work_per_row, const RowBlockFn& fn) {
   const SingleThreaded single_threaded;  // the sums, and each block, as on the helper
-  if (count <= 1) {
-    std::vector<at::Tensor> dest = sums;
-    fn(0, rows, dest);
-    return;
-  }
-  // Block j's sums at [j] of each partial: a "row" of the split below is a whole block of rows.
-  std::vector<at::Tensor> partials;
-  for (const at::Tensor& sum : sums) {
-    std::vector<int64_t> shape{count};
-    shape.insert(shape.end(), sum.sizes().begin(), sum.sizes().end());
-    partials.push_back(at::empty(shape, sum.options()));
-  }
-  split_blocks(partials, 1,
-               [fn, rows, block_rows](int64_t j, int64_t, std::vector<at::Tensor>& dest) {
-                 std::vector<at::Tensor> block;
-                 for (const at::Tensor& d : dest) block.push_back(d.select(0, 0));
-                 const int64_t first = j * block_rows;
-                 fn(first, std::min(block_rows, rows - first), block);
-               });
+  const RowBlocks b(rows, work_per_row);
+  const MakeBuffers make = [shapes = shapes_of(sums)](int64_t) {
+    Tensors buffers;
+    for (const auto& [sizes, options] : shapes) buffers.push_back(at::empty(sizes, options));
+    return buffers;
+  };
+  // Block 0, the caller's first, straight into the sums.
+  const std::vector<BlockResult> results =
+      run_blocks(b, fn, make, [&](int64_t j) { return j == 0 ? sums : make(0); });
   for (size_t k = 0; k < sums.size(); ++k) {
-    sums[k].copy_(partials[k].select(0, 0));
-    for (int64_t j = 1; j < count; ++j) sums[k].add_(partials[k].select(0, j));
+    if (results[0].by_helper) sums[k].copy_(results[0].tensors[k]);
+    for (int64_t j = 1; j < b.count; ++j) sums[k].add_(results[j].tensors[k]);
   }
 }
 

@@ -8,7 +8,7 @@
 // gradients' sum over every step and row) differently on one thread and on two, so the gradients'
 // last bits depended on the thread count. Here the blocks depend on the shape alone and each is one
 // single-threaded GEMM: the caller computes them from the first up into the outputs, the helper
-// from the last down into copies of its own; where the two meet, the caller copies what the helper
+// from the last down into buffers of its own; where the two meet, the caller takes what the helper
 // has finished and computes itself what it has not (step_blocks.h, claim_free/claim_from_back).
 #pragma once
 
@@ -22,7 +22,7 @@ namespace rnnkern::cpu {
 
 // Writes rows [first, first + rows) of every output into `dest`, one tensor per output holding
 // just those rows. Runs on the caller's thread with views of the outputs, or on the helper's with
-// views of its own copies, possibly after the call has returned: it must own (share) every tensor
+// buffers of its own, possibly after the call has returned: it must own (share) every tensor
 // it reads, and write nothing but `dest`.
 using RowBlockFn = std::function<void(int64_t first, int64_t rows, std::vector<at::Tensor>& dest)>;
 
