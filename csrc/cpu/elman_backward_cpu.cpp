@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <memory>
+#include <vector>
 
 #include "../layer/kernel_dtypes.h"
 #include "../layer/layer_driver.h"
@@ -46,82 +48,129 @@ BackwardCall without_outputs(BackwardCall c) {
   return c;
 }
 
+// The weight gradients of a block of steps of a pipelined layer (one direction) on the register
+// kernel, with no ATen call:
+//   dW_ih = dZ^T X,   dW_hh = dZ^T H_prev,   db = dZ^T 1   over the block's rows,
+// read from dZ as it lies (transposed_rows_times_matrix). A block is a few microseconds of
+// arithmetic, which an ATen GEMM per block (views, dispatch, BLAS packing) doubled (PERFORMANCE.md,
+// version 12). Each element is its sum over the block's rows in the kernel's fixed order, so the
+// bits are the same whichever thread computes a block; with Epilogue::kAdd the caller adds a
+// block straight to the running sums, the same bits as storing it and adding it afterwards.
+template <typename T>
+struct BlockGradients {
+  explicit BlockGradients(const BackwardCall& c)
+      : k(kernels<T>()),
+        layout(c.shape.layout),
+        need_weights(c.need_weights),
+        need_bias(c.need_bias),
+        input_size(c.shape.input_size),
+        hidden(c.shape.hidden),
+        x(c.x.contiguous()),
+        y(c.y),
+        dz(c.dz),
+        h0(c.h0),
+        ones(static_cast<size_t>(kPipelineStepsPerBlock * layout.batch), T(1)) {}
+
+  // The flattened size of one block's gradients: dW_ih (H, I), dW_hh (H, H), db (H).
+  int64_t size() const { return hidden * (input_size + hidden + 1); }
+
+  // Steps [t_begin, t_end)'s gradients into dest (size()), stored (kStore) or added (kAdd);
+  // prev is room for the block's rows of previous states (rows, H).
+  void compute(int64_t t_begin, int64_t t_end, Epilogue epilogue, T* dest, T* prev) const {
+    const auto [first, rows] = layout.rows_of_steps(t_begin, t_end);
+    const int64_t I = input_size, H = hidden;
+    const T* dz_rows = dz.template data_ptr<T>() + first * H;
+    T* w_ih = dest;
+    T* w_hh = dest + H * I;
+    T* bias = w_hh + H * H;
+    if (need_weights) {
+      gather_previous_states<T>(layout, /*reverse=*/false,
+                                Columns<const T>{y.template data_ptr<T>(), H},
+                                h0.template data_ptr<T>(), H, t_begin, t_end, prev);
+      k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows,
+                                     x.template data_ptr<T>() + first * I, I, I, w_ih, I);
+      k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows, prev, H, H,
+                                     w_hh, H);
+    }
+    if (need_bias)
+      k.rows_times_matrix(epilogue, Activation::kTanh, 1, ones.data(), 0, rows, dz_rows, H, H, bias,
+                          H);
+  }
+
+  const Kernels<T>& k;
+  const SequenceLayout layout;
+  const bool need_weights, need_bias;
+  const int64_t input_size, hidden;
+  const at::Tensor x, y, dz, h0;  // (N, I), (N, H), (N, H), (1, B, H), contiguous: the task's own
+  const std::vector<T> ones;      // the bias gradient's row of ones
+};
+
 // The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
 // behind the recurrence as it finishes them (into its slots, each block's gradients afresh) and the
 // caller adds to the sums in block order, during its loop where the helper is done and after it for
 // the rest (taking over any block the helper has not finished). Shared with the helper's task,
-// which may outlive the call: it holds its own handles to the tensors it reads.
+// which may outlive the call: it holds its own handles to the tensors it reads, and none of the
+// call's outputs.
+template <typename T>
 struct GradientsBehind {
   static constexpr int64_t kSlots = 4;  // finished blocks the helper may hold unread
 
   explicit GradientsBehind(const BackwardCall& c)
-      : call(without_outputs(c)),
+      : gradients(c),
         blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
-        slots(at::empty({kSlots + 1, block_size()}, c.x.options())),
-        helper_scratch(scratch_like(c)),
-        caller_scratch(scratch_like(c)) {}
+        slots(static_cast<size_t>(kSlots * gradients.size())),
+        helper_prev(prev_rows(c)),
+        caller_prev(prev_rows(c)) {}
 
   // Helper: computes finished blocks into its slots until there are none left.
   void help() {
     for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
-      compute(call, j, blocks.slot(j), helper_scratch);
+      const auto [t_begin, t_end] = steps_of(j);
+      gradients.compute(t_begin, t_end, Epilogue::kStore, slot(j), helper_prev.data());
       blocks.finish(j);
     }
   }
 
   // Caller: adds blocks [added, finished) that the helper has done, in order; returns how many
   // blocks have been added.
-  int64_t add_finished(BackwardCall& c, int64_t added, int64_t finished) {
-    for (; added < finished && blocks.done(added); ++added) add(c, added, blocks.slot(added));
+  int64_t add_finished(T* sums, int64_t added, int64_t finished) {
+    for (; added < finished && blocks.done(added); ++added) add_slot(sums, added);
     return added;
   }
 
   // Caller: adds blocks [added, count), each from the helper's slot or computed here.
-  void add_rest(BackwardCall& c, int64_t added) {
+  void add_rest(T* sums, int64_t added) {
     for (int64_t j = added; j < blocks.count(); ++j) {
       if (blocks.take(j)) {
-        add(c, j, blocks.slot(j));
+        add_slot(sums, j);
       } else {
-        compute(c, j, kSlots, caller_scratch);  // the extra slot is the caller's
-        add(c, j, kSlots);
+        const auto [t_begin, t_end] = steps_of(j);
+        gradients.compute(t_begin, t_end, Epilogue::kAdd, sums, caller_prev.data());
+        blocks.consumed(j);
       }
     }
   }
 
-  const BackwardCall call;
+  const BlockGradients<T> gradients;
   SharedBlocks blocks;
-  const at::Tensor slots;  // per slot: dW_ih (H, I), dW_hh (H, H), db (H), flattened
 
  private:
-  int64_t block_size() const {
-    const int64_t H = call.shape.hidden;
-    return H * call.shape.input_size + H * H + H;
-  }
-  static at::Tensor scratch_like(const BackwardCall& c) {
-    const int64_t rows = std::max<int64_t>(kPipelineStepsPerBlock * c.shape.layout.batch, 1);
-    return c.need_weights ? at::empty({rows, c.shape.hidden}, c.x.options()) : at::Tensor();
-  }
-  std::array<at::Tensor, 3> slot_tensors(int64_t slot) const {
-    const int64_t H = call.shape.hidden, I = call.shape.input_size;
-    const at::Tensor s = slots.select(0, slot);
-    return {s.narrow(0, 0, H * I).view({H, I}), s.narrow(0, H * I, H * H).view({H, H}),
-            s.narrow(0, H * I + H * H, H)};
+  static std::vector<T> prev_rows(const BackwardCall& c) {
+    return std::vector<T>(
+        static_cast<size_t>(kPipelineStepsPerBlock * c.shape.layout.batch * c.shape.hidden));
   }
   std::pair<int64_t, int64_t> steps_of(int64_t j) const {
-    const int64_t S = kPipelineStepsPerBlock, T = call.shape.layout.steps;
-    return {std::max<int64_t>(0, T - (j + 1) * S), T - j * S};
+    const int64_t S = kPipelineStepsPerBlock, steps = gradients.layout.steps;
+    return {std::max<int64_t>(0, steps - (j + 1) * S), steps - j * S};
   }
-  void compute(const BackwardCall& c, int64_t j, int64_t slot, at::Tensor& scratch) const {
-    const auto [t_begin, t_end] = steps_of(j);
-    const auto [w_ih, w_hh, bias] = slot_tensors(slot);
-    c.block_weight_gradients(0, t_begin, t_end, scratch, gather_previous, w_ih, w_hh, bias);
-  }
-  void add(BackwardCall& c, int64_t j, int64_t slot) {
-    const auto [w_ih, w_hh, bias] = slot_tensors(slot);
-    c.add_block_weight_gradients(0, w_ih, w_hh, bias);
+  T* slot(int64_t j) { return slots.data() + blocks.slot(j) * gradients.size(); }
+  void add_slot(T* sums, int64_t j) {
+    const T* s = slot(j);
+    for (int64_t i = 0; i < gradients.size(); ++i) sums[i] += s[i];
     blocks.consumed(j);
   }
-  at::Tensor helper_scratch, caller_scratch;  // the states each block's rows started from
+  std::vector<T> slots;                     // kSlots blocks' gradients
+  std::vector<T> helper_prev, caller_prev;  // the states each block's rows started from
 };
 
 // The weight gradients over every step, direction by direction, as sums over blocks of steps
@@ -216,21 +265,32 @@ void backward_loop(BackwardCall& c) {
       split_weight_gradients(c);  // the driver computes dX
       return;
     }
-    // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j).
+    // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j). The
+    // gradients are summed in one buffer laid out as a block's (dW_ih, dW_hh, db), copied out at
+    // the end.
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
-    auto behind = std::make_shared<GradientsBehind>(c);
+    auto behind = std::make_shared<GradientsBehind<scalar_t>>(c);
     const CloseOnExit close(behind->blocks);
     if (helper_available()) offer_to_helper([behind] { behind->help(); });
+    std::vector<scalar_t> sums(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
     int64_t added = 0;
     recur(0, [&](int64_t t) {
       if ((L.steps - t) % kPipelineStepsPerBlock == 0 || t == 0) {
         const int64_t finished = (L.steps - 1 - t) / kPipelineStepsPerBlock + 1;
         behind->blocks.ready(finished);
-        added = behind->add_finished(c, added, finished);
+        added = behind->add_finished(sums.data(), added, finished);
       }
     });
     c.input_gradient();  // while the helper is still on the weight gradients
-    behind->add_rest(c, added);
+    behind->add_rest(sums.data(), added);
+    const int64_t HI = s.hidden * s.input_size, HH = s.hidden * s.hidden;
+    if (c.need_weights) {
+      std::memcpy(c.grad_w_ih.data_ptr<scalar_t>(), sums.data(), HI * sizeof(scalar_t));
+      std::memcpy(c.grad_w_hh.data_ptr<scalar_t>(), sums.data() + HI, HH * sizeof(scalar_t));
+    }
+    if (c.need_bias)
+      std::memcpy(c.grad_bias.data_ptr<scalar_t>(), sums.data() + HI + HH,
+                  s.hidden * sizeof(scalar_t));
     c.weight_gradients_added = true;
   });
 }

@@ -8,7 +8,9 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
+#include <vector>
 
 #include "../layer/kernel_dtypes.h"
 #include "../layer/layer_driver.h"
@@ -19,18 +21,54 @@
 namespace rnnkern::cpu {
 namespace {
 
+// The input projection of a pipelined layer (one direction), row by row on the register kernel:
+//   rows of out = x W_ih^T + (b_ih + b_hh)
+// with no ATen call per block. A block is a few microseconds of arithmetic, and an ATen GEMM per
+// block (views, dispatch, BLAS packing) cost as much again (PERFORMANCE.md, version 12). Each
+// element is its dot product in the kernel's fixed order plus the bias, so the bits are the same
+// whichever thread computes a block.
+template <typename T>
+struct RowProjection {
+  explicit RowProjection(const ForwardCall& c)
+      : k(kernels<T>()),
+        x(c.x.contiguous()),
+        bias(c.bias ? c.bias->contiguous() : at::Tensor()),
+        input_size(c.shape.input_size),
+        hidden(c.shape.hidden),
+        w_stride(padded(hidden, k.width)),
+        w_ih_t(padded_matrix(weight_ih(c.weights, c.shape, 0).contiguous().template data_ptr<T>(),
+                             input_size, hidden, k.width, /*transpose=*/true)) {}
+
+  // Rows [first, first + rows) of the projection into dest (rows, H), contiguous.
+  void into(int64_t first, int64_t rows, T* dest) const {
+    const T* b = bias.defined() ? bias.template data_ptr<T>() : nullptr;
+    if (b)
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(dest + r * hidden, b, hidden * sizeof(T));
+    k.rows_times_matrix(b ? Epilogue::kAdd : Epilogue::kStore, Activation::kTanh, rows,
+                        x.template data_ptr<T>() + first * input_size, input_size, input_size,
+                        w_ih_t.data(), w_stride, hidden, dest, hidden);
+  }
+
+  const Kernels<T>& k;
+  const at::Tensor x, bias;  // (N, I) and (H) or undefined: the task's own handles
+  const int64_t input_size, hidden, w_stride;
+  const std::vector<T> w_ih_t;  // (I, H padded): W_ih transposed
+};
+
 // The input projection in blocks of kPipelineStepsPerBlock steps, which the helper computes ahead
 // of the recurrence into its slots and the recurrence fetches (or computes itself) at the start of
 // each block. Shared with the helper's task, which may outlive the call: it holds its own handles
-// to the tensors it reads.
+// to the tensors it reads, and none of the call's outputs.
+template <typename T>
 struct ProjectionAhead {
   static constexpr int64_t kSlots = 4;  // blocks the helper may run ahead
 
   explicit ProjectionAhead(const ForwardCall& c)
-      : call(inputs_only(c)),
-        blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
-        slots(at::empty({kSlots * kPipelineStepsPerBlock * c.shape.layout.batch, c.out.size(1)},
-                        c.out.options())) {
+      : layout(c.shape.layout),
+        projection(c),
+        blocks(block_count(layout.steps, kPipelineStepsPerBlock), kSlots),
+        slots(
+            static_cast<size_t>(kSlots * kPipelineStepsPerBlock * layout.batch * c.shape.hidden)) {
     blocks.ready(blocks.count());
   }
 
@@ -38,40 +76,36 @@ struct ProjectionAhead {
   void help() {
     for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
       const auto [first, rows] = rows_of(j);
-      call.project_into(first, rows, slot_rows(j, rows));
+      projection.into(first, rows, slot(j));
       blocks.finish(j);
     }
   }
 
-  // Caller: block j's projection into out, from the helper's slot or computed here.
-  void fill(int64_t j, const ForwardCall& c) {
+  // Caller: block j's projection into out (N, H), from the helper's slot or computed here.
+  void fill(int64_t j, T* out) {
     const auto [first, rows] = rows_of(j);
+    T* dest = out + first * projection.hidden;
     if (blocks.take(j))
-      c.out.narrow(0, first, rows).copy_(slot_rows(j, rows));
+      std::memcpy(dest, slot(j), rows * projection.hidden * sizeof(T));
     else
-      c.project(first, rows);
+      projection.into(first, rows, dest);
     blocks.consumed(j);
   }
 
-  const ForwardCall call;
+  const SequenceLayout layout;
+  const RowProjection<T> projection;
   SharedBlocks blocks;
-  const at::Tensor slots;  // kSlots blocks of rows
 
  private:
-  // What the projection reads of the call: neither its list of weights (a view of the caller's
-  // arguments) nor its outputs (returned to the user while the task may live on).
-  static ForwardCall inputs_only(ForwardCall c) {
-    c.weights = {};
-    c.out = c.h0 = c.h_n = at::Tensor();
-    return c;
-  }
   std::pair<int64_t, int64_t> rows_of(int64_t j) const {
-    const int64_t S = kPipelineStepsPerBlock, T = call.shape.layout.steps;
-    return call.shape.layout.rows_of_steps(j * S, std::min(T, (j + 1) * S));
+    const int64_t S = kPipelineStepsPerBlock, steps = layout.steps;
+    return layout.rows_of_steps(j * S, std::min(steps, (j + 1) * S));
   }
-  at::Tensor slot_rows(int64_t j, int64_t rows) const {
-    return slots.narrow(0, blocks.slot(j) * kPipelineStepsPerBlock * call.shape.layout.batch, rows);
+  T* slot(int64_t j) {
+    return slots.data() +
+           blocks.slot(j) * kPipelineStepsPerBlock * layout.batch * projection.hidden;
   }
+  std::vector<T> slots;  // kSlots blocks of rows
 };
 
 // The reverse direction of a bidirectional layer, for both_directions: the helper runs it over
@@ -140,11 +174,12 @@ void forward_loop(ForwardCall& c) {
 
     // One direction, visited t = 0 .. T-1: block j is steps [32 j, 32 (j + 1)).
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
-    auto ahead = std::make_shared<ProjectionAhead>(c);
+    auto ahead = std::make_shared<ProjectionAhead<scalar_t>>(c);
     const CloseOnExit close(ahead->blocks);
     if (helper_available()) offer_to_helper([ahead] { ahead->help(); });
+    scalar_t* out = c.out.data_ptr<scalar_t>();
     run(0, [&](int64_t t) {
-      if (t % kPipelineStepsPerBlock == 0) ahead->fill(t / kPipelineStepsPerBlock, c);
+      if (t % kPipelineStepsPerBlock == 0) ahead->fill(t / kPipelineStepsPerBlock, out);
     });
   });
 }

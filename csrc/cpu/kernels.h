@@ -16,6 +16,7 @@ enum class Activation : int { kTanh = 0, kRelu = 1 };
 enum class Epilogue : int {
   kStore = 0,        // out = P
   kAddActivate = 1,  // out = act(out + P): one forward step, out holding the input projection
+  kAdd = 2,          // out = out + P: a block's product added to a running sum (or to a bias)
 };
 
 template <typename T>
@@ -29,6 +30,14 @@ struct Kernels {
   void (*rows_times_matrix)(Epilogue epilogue, Activation act, int64_t rows, const T* x,
                             int64_t x_stride, int64_t k, const T* m, int64_t m_stride, int64_t n,
                             T* out, int64_t out_stride);
+
+  // rows_times_matrix with x given transposed: out[r, 0:n] (op)= sum over i < k of
+  // x[i * x_stride + r] * m[i, 0:n]. A weight gradient dZ^T @ X of a block of steps, read from dZ
+  // (k rows of steps, the units as columns) as it lies. Each element's sum runs over i in order,
+  // the same bits however the rows are blocked and whichever thread computes it.
+  void (*transposed_rows_times_matrix)(Epilogue epilogue, Activation act, int64_t rows, const T* x,
+                                       int64_t x_stride, int64_t k, const T* m, int64_t m_stride,
+                                       int64_t n, T* out, int64_t out_stride);
 
   // y[r, 0:n] = act(y[r, 0:n]) in place (after a BLAS step on large batches).
   void (*activate_rows)(Activation act, int64_t rows, int64_t n, T* y, int64_t y_stride);

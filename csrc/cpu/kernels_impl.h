@@ -8,8 +8,9 @@
 // m feeds R fused multiply-adds, which is what makes small batches cheaper than R separate
 // mat-vecs. `valid` is how many of the C*W columns exist (only the last block of a row may be
 // short). With kPartialLast, the last of the C vectors holds fewer than W of them and is loaded
-// masked, so nothing past column `valid` of m is read (m need not be padded).
-template <class V, int R, int C, bool kPartialLast = false>
+// masked, so nothing past column `valid` of m is read (m need not be padded). With kTransposedX, x
+// is given transposed: row r's element i at x[i * x_stride + r].
+template <class V, int R, int C, bool kPartialLast = false, bool kTransposedX = false>
 inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x,
                          int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                          typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
@@ -27,7 +28,7 @@ inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T*
       w[c] = kPartialLast && c == C - 1 ? V::load_partial(mp + c * W, last_lanes)
                                         : V::load(mp + c * W);
     for (int r = 0; r < R; ++r) {
-      const Reg xv = V::broadcast(x[r * x_stride + i]);
+      const Reg xv = V::broadcast(kTransposedX ? x[i * x_stride + r] : x[r * x_stride + i]);
       for (int c = 0; c < C; ++c) acc[r][c] = V::fmadd(xv, w[c], acc[r][c]);
     }
   }
@@ -38,10 +39,10 @@ inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T*
       const int64_t lanes = valid - c * W;
       if (lanes <= 0) break;
       Reg v = acc[r][c];
-      if (epilogue == Epilogue::kAddActivate) {
+      if (epilogue != Epilogue::kStore)
         v = V::add(v, lanes >= W ? V::load(o + c * W) : V::load_partial(o + c * W, lanes));
+      if (epilogue == Epilogue::kAddActivate)
         v = act == Activation::kTanh ? V::tanh(v) : V::relu(v);
-      }
       if (lanes >= W)
         V::store(o + c * W, v);
       else
@@ -61,25 +62,26 @@ constexpr int columns_per_block() {
 
 // matrix_block with Cn = `vectors` chosen at run time, for any 1 <= vectors <= Cn (the last,
 // narrower block of a row: up to C vectors, the last of them possibly partial).
-template <class V, int R, int Cn>
+template <class V, int R, int Cn, bool kTransposedX>
 void narrow_block(int64_t vectors, Epilogue epilogue, Activation act, const typename V::T* x,
                   int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                   typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
   if constexpr (Cn > 1) {
     if (vectors < Cn) {
-      narrow_block<V, R, Cn - 1>(vectors, epilogue, act, x, x_stride, k, m, m_stride, out,
-                                 out_stride, col, valid);
+      narrow_block<V, R, Cn - 1, kTransposedX>(vectors, epilogue, act, x, x_stride, k, m, m_stride,
+                                               out, out_stride, col, valid);
       return;
     }
   }
   if (valid % V::kWidth != 0)
-    matrix_block<V, R, Cn, true>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col,
-                                 valid);
+    matrix_block<V, R, Cn, true, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
+                                               out_stride, col, valid);
   else
-    matrix_block<V, R, Cn>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col, valid);
+    matrix_block<V, R, Cn, false, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
+                                                out_stride, col, valid);
 }
 
-template <class V, int R>
+template <class V, int R, bool kTransposedX>
 void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
                 int64_t k, const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
                 int64_t out_stride) {
@@ -87,33 +89,38 @@ void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64
   constexpr int64_t kBlockCols = C * V::kWidth;
   int64_t col = 0;
   for (; col + kBlockCols <= n; col += kBlockCols)
-    matrix_block<V, R, C>(epilogue, act, x, x_stride, k, m, m_stride, out, out_stride, col,
-                          kBlockCols);
+    matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
+                                               out_stride, col, kBlockCols);
   const int64_t rest = n - col;  // 0 <= rest < C * W: one narrower block, up to C vectors
   if (rest > 0)
-    narrow_block<V, R, C>((rest + V::kWidth - 1) / V::kWidth, epilogue, act, x, x_stride, k, m,
-                          m_stride, out, out_stride, col, rest);
+    narrow_block<V, R, C, kTransposedX>((rest + V::kWidth - 1) / V::kWidth, epilogue, act, x,
+                                        x_stride, k, m, m_stride, out, out_stride, col, rest);
 }
 
-template <class V>
+// Row r of x starts at x + r * (x_stride) normally, at x + r when x is given transposed.
+template <class V, bool kTransposedX = false>
 void rows_times_matrix(Epilogue epilogue, Activation act, int64_t rows, const typename V::T* x,
                        int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                        int64_t n, typename V::T* out, int64_t out_stride) {
+  const int64_t row_step = kTransposedX ? 1 : x_stride;
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
-    rows_block<V, 4>(epilogue, act, x + r * x_stride, x_stride, k, m, m_stride, n,
-                     out + r * out_stride, out_stride);
-  const typename V::T* xr = x + r * x_stride;
+    rows_block<V, 4, kTransposedX>(epilogue, act, x + r * row_step, x_stride, k, m, m_stride, n,
+                                   out + r * out_stride, out_stride);
+  const typename V::T* xr = x + r * row_step;
   typename V::T* outr = out + r * out_stride;
   switch (rows - r) {
     case 3:
-      rows_block<V, 3>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      rows_block<V, 3, kTransposedX>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr,
+                                     out_stride);
       break;
     case 2:
-      rows_block<V, 2>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      rows_block<V, 2, kTransposedX>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr,
+                                     out_stride);
       break;
     case 1:
-      rows_block<V, 1>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr, out_stride);
+      rows_block<V, 1, kTransposedX>(epilogue, act, xr, x_stride, k, m, m_stride, n, outr,
+                                     out_stride);
       break;
     default:
       break;
@@ -239,6 +246,7 @@ Kernels<typename V::T> make_kernels(const char* isa) {
   return Kernels<typename V::T>{isa,
                                 V::kWidth,
                                 &rows_times_matrix<V>,
+                                &rows_times_matrix<V, /*kTransposedX=*/true>,
                                 &activate_rows<V>,
                                 &activation_backward_rows<V>,
                                 &cell_forward<V>};

@@ -21,10 +21,7 @@ namespace rnnkern {
 using at::Tensor;
 
 void ForwardCall::project(int64_t first_row, int64_t rows) const {
-  project_into(first_row, rows, out.narrow(0, first_row, rows));
-}
-
-void ForwardCall::project_into(int64_t first_row, int64_t rows, Tensor dest) const {
+  Tensor dest = out.narrow(0, first_row, rows);
   const Tensor xr = x.narrow(0, first_row, rows);
   if (bias)
     at::addmm_out(dest, *bias, xr, w_ih_t);
@@ -93,15 +90,6 @@ void BackwardCall::block_weight_gradients(int64_t d, int64_t t_begin, int64_t t_
     at::mm_out(w_hh, b.dz_t, b.prev);
   }
   if (need_bias) at::sum_out(bias, b.dz_t, 1);
-}
-
-void BackwardCall::add_block_weight_gradients(int64_t d, const Tensor& w_ih, const Tensor& w_hh,
-                                              const Tensor& bias) {
-  if (need_weights) {
-    grad_w_ih.select(0, d).add_(w_ih);
-    grad_w_hh.select(0, d).add_(w_hh);
-  }
-  if (need_bias) grad_bias.select(0, d).add_(bias);
 }
 
 void BackwardCall::input_gradient() {

@@ -46,8 +46,6 @@ struct ForwardCall {
 
   // out[first_row, first_row + rows) = x[those rows] W_ih^T + (b_ih + b_hh), every direction.
   void project(int64_t first_row, int64_t rows) const;
-  // The same rows' projection written to `dest` (rows, D*H) instead.
-  void project_into(int64_t first_row, int64_t rows, at::Tensor dest) const;
 
   at::Tensor w_ih_t;               // (I, D*H): both directions' W_ih, transposed
   std::optional<at::Tensor> bias;  // (D*H): b_ih + b_hh, when the layer has biases
@@ -86,12 +84,10 @@ struct BackwardCall {
                             const GatherPrevious& gather) const;
   // The same block's gradients computed afresh into w_ih (H, I) = dZ^T X, w_hh (H, H) =
   // dZ^T H_prev and bias (H) = sum dZ (each only when asked for), so that another thread can
-  // compute them while the sums are added in order by add_block_weight_gradients.
+  // compute them while the caller adds the sums in block order.
   void block_weight_gradients(int64_t d, int64_t t_begin, int64_t t_end, at::Tensor& scratch,
                               const GatherPrevious& gather, at::Tensor w_ih, at::Tensor w_hh,
                               at::Tensor bias) const;
-  void add_block_weight_gradients(int64_t d, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const at::Tensor& bias);
 
   // grad_input = dZ W_ih, when asked for (once dZ is complete).
   void input_gradient();
