@@ -9,6 +9,9 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 
 #include <algorithm>
 #include <array>
@@ -48,18 +51,18 @@ BackwardCall without_outputs(BackwardCall c) {
   return c;
 }
 
-// The weight gradients of a block of steps of a pipelined layer (one direction) on the register
-// kernel, with no ATen call:
+// The weight gradients of a block of steps of a pipelined layer (one direction):
 //   dW_ih = dZ^T X,   dW_hh = dZ^T H_prev,   db = dZ^T 1   over the block's rows,
-// read from dZ as it lies (transposed_rows_times_matrix). A block is a few microseconds of
-// arithmetic, which an ATen GEMM per block (views, dispatch, BLAS packing) doubled (PERFORMANCE.md,
-// version 12). Each element is its sum over the block's rows in the kernel's fixed order, so the
-// bits are the same whichever thread computes a block; with Epilogue::kAdd the caller adds a
-// block straight to the running sums, the same bits as storing it and adding it afterwards.
+// on the register kernel with no ATen call where blocks are small (blocks_on_kernel; dZ read as it
+// lies by transposed_rows_times_matrix), by ATen GEMMs otherwise. Each element is its sum over the
+// block's rows in the kernel's fixed order, or single-threaded BLAS's, so the bits are the same
+// whichever thread computes a block. Blocks are added to the sums in block order; on the kernel
+// the caller adds a block straight to them (Epilogue::kAdd), the same bits as storing and adding.
 template <typename T>
 struct BlockGradients {
   explicit BlockGradients(const BackwardCall& c)
       : k(kernels<T>()),
+        on_kernel(blocks_on_kernel(c.shape)),
         layout(c.shape.layout),
         need_weights(c.need_weights),
         need_bias(c.need_bias),
@@ -74,9 +77,51 @@ struct BlockGradients {
   // The flattened size of one block's gradients: dW_ih (H, I), dW_hh (H, H), db (H).
   int64_t size() const { return hidden * (input_size + hidden + 1); }
 
-  // Steps [t_begin, t_end)'s gradients into dest (size()), stored (kStore) or added (kAdd);
-  // prev is room for the block's rows of previous states (rows, H).
-  void compute(int64_t t_begin, int64_t t_end, Epilogue epilogue, T* dest, T* prev) const {
+  // A buffer for one block's gradients, or for one block's rows of previous states.
+  at::Tensor block_buffer() const { return at::empty({size()}, x.options()); }
+  at::Tensor prev_buffer() const {
+    return at::empty({kPipelineStepsPerBlock * layout.batch * hidden}, x.options());
+  }
+
+  // Steps [t_begin, t_end)'s gradients into dest (size()); prev: a prev_buffer().
+  void store(int64_t t_begin, int64_t t_end, T* dest, T* prev) const {
+    if (on_kernel)
+      on_registers(t_begin, t_end, Epilogue::kStore, dest, prev);
+    else
+      by_blas(t_begin, t_end, dest, prev);
+  }
+
+  // The same gradients added to sums (size()); block: a block_buffer() (for the GEMMs).
+  void add(int64_t t_begin, int64_t t_end, T* sums, T* prev, T* block) const {
+    if (on_kernel) {
+      on_registers(t_begin, t_end, Epilogue::kAdd, sums, prev);
+    } else {
+      by_blas(t_begin, t_end, block, prev);
+      add_block(sums, block);
+    }
+  }
+
+  // sums += block, element by element.
+  void add_block(T* sums, const T* block) const {
+    for (int64_t i = 0; i < size(); ++i) sums[i] += block[i];
+  }
+
+  const Kernels<T>& k;
+  const bool on_kernel;
+  const SequenceLayout layout;
+  const bool need_weights, need_bias;
+  const int64_t input_size, hidden;
+  const at::Tensor x, y, dz, h0;  // (N, I), (N, H), (N, H), (1, B, H), contiguous: the task's own
+  const std::vector<T> ones;      // the bias gradient's row of ones
+
+ private:
+  void gather(int64_t t_begin, int64_t t_end, T* prev) const {
+    gather_previous_states<T>(layout, /*reverse=*/false,
+                              Columns<const T>{y.template data_ptr<T>(), hidden},
+                              h0.template data_ptr<T>(), hidden, t_begin, t_end, prev);
+  }
+
+  void on_registers(int64_t t_begin, int64_t t_end, Epilogue epilogue, T* dest, T* prev) const {
     const auto [first, rows] = layout.rows_of_steps(t_begin, t_end);
     const int64_t I = input_size, H = hidden;
     const T* dz_rows = dz.template data_ptr<T>() + first * H;
@@ -84,9 +129,7 @@ struct BlockGradients {
     T* w_hh = dest + H * I;
     T* bias = w_hh + H * H;
     if (need_weights) {
-      gather_previous_states<T>(layout, /*reverse=*/false,
-                                Columns<const T>{y.template data_ptr<T>(), H},
-                                h0.template data_ptr<T>(), H, t_begin, t_end, prev);
+      gather(t_begin, t_end, prev);
       k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows,
                                      x.template data_ptr<T>() + first * I, I, I, w_ih, I);
       k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows, prev, H, H,
@@ -97,12 +140,22 @@ struct BlockGradients {
                           H);
   }
 
-  const Kernels<T>& k;
-  const SequenceLayout layout;
-  const bool need_weights, need_bias;
-  const int64_t input_size, hidden;
-  const at::Tensor x, y, dz, h0;  // (N, I), (N, H), (N, H), (1, B, H), contiguous: the task's own
-  const std::vector<T> ones;      // the bias gradient's row of ones
+  void by_blas(int64_t t_begin, int64_t t_end, T* dest, T* prev) const {
+    const auto [first, rows] = layout.rows_of_steps(t_begin, t_end);
+    const int64_t I = input_size, H = hidden;
+    const at::Tensor dz_t = dz.narrow(0, first, rows).t();
+    if (need_weights) {
+      gather(t_begin, t_end, prev);
+      at::Tensor w_ih = at::from_blob(dest, {H, I}, x.options());
+      at::Tensor w_hh = at::from_blob(dest + H * I, {H, H}, x.options());
+      at::mm_out(w_ih, dz_t, x.narrow(0, first, rows));
+      at::mm_out(w_hh, dz_t, at::from_blob(prev, {rows, H}, x.options()));
+    }
+    if (need_bias) {
+      at::Tensor bias = at::from_blob(dest + H * (I + H), {H}, x.options());
+      at::sum_out(bias, dz_t, 1);
+    }
+  }
 };
 
 // The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
@@ -118,15 +171,16 @@ struct GradientsBehind {
   explicit GradientsBehind(const BackwardCall& c)
       : gradients(c),
         blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
-        slots(static_cast<size_t>(kSlots * gradients.size())),
-        helper_prev(prev_rows(c)),
-        caller_prev(prev_rows(c)) {}
+        slots(at::empty({kSlots, gradients.size()}, c.x.options())),
+        helper_prev(gradients.prev_buffer()),
+        caller_prev(gradients.prev_buffer()),
+        caller_block(gradients.block_buffer()) {}
 
   // Helper: computes finished blocks into its slots until there are none left.
   void help() {
     for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
       const auto [t_begin, t_end] = steps_of(j);
-      gradients.compute(t_begin, t_end, Epilogue::kStore, slot(j), helper_prev.data());
+      gradients.store(t_begin, t_end, slot(j), helper_prev.data_ptr<T>());
       blocks.finish(j);
     }
   }
@@ -145,7 +199,7 @@ struct GradientsBehind {
         add_slot(sums, j);
       } else {
         const auto [t_begin, t_end] = steps_of(j);
-        gradients.compute(t_begin, t_end, Epilogue::kAdd, sums, caller_prev.data());
+        gradients.add(t_begin, t_end, sums, caller_prev.data_ptr<T>(), caller_block.data_ptr<T>());
         blocks.consumed(j);
       }
     }
@@ -155,22 +209,18 @@ struct GradientsBehind {
   SharedBlocks blocks;
 
  private:
-  static std::vector<T> prev_rows(const BackwardCall& c) {
-    return std::vector<T>(
-        static_cast<size_t>(kPipelineStepsPerBlock * c.shape.layout.batch * c.shape.hidden));
-  }
   std::pair<int64_t, int64_t> steps_of(int64_t j) const {
     const int64_t S = kPipelineStepsPerBlock, steps = gradients.layout.steps;
     return {std::max<int64_t>(0, steps - (j + 1) * S), steps - j * S};
   }
-  T* slot(int64_t j) { return slots.data() + blocks.slot(j) * gradients.size(); }
+  T* slot(int64_t j) { return slots.data_ptr<T>() + blocks.slot(j) * gradients.size(); }
   void add_slot(T* sums, int64_t j) {
-    const T* s = slot(j);
-    for (int64_t i = 0; i < gradients.size(); ++i) sums[i] += s[i];
+    gradients.add_block(sums, slot(j));
     blocks.consumed(j);
   }
-  std::vector<T> slots;                     // kSlots blocks' gradients
-  std::vector<T> helper_prev, caller_prev;  // the states each block's rows started from
+  // Buffers allocated as the caller's tensors are (aligned alike, for BLAS): kSlots blocks'
+  // gradients; the states each block's rows started from, one per thread; the caller's block.
+  const at::Tensor slots, helper_prev, caller_prev, caller_block;
 };
 
 // The weight gradients over every step, direction by direction, as sums over blocks of steps

@@ -66,6 +66,19 @@ inline bool pipelined(const LayerShape& s) {
   return pipelined(s.directions, s.layout.batch, s.layout.steps);
 }
 
+// Whether a pipelined layer's blocks (the projection ahead, the weight gradients behind) run on the
+// register kernel rather than one ATen GEMM each. A small block is a few microseconds of
+// arithmetic, which an ATen call's views, dispatch and BLAS packing doubled; a large one is BLAS's
+// home ground (its cache blocking beat the kernel by 1.25x at batch 16, hidden 256). Measured
+// (PERFORMANCE.md, version 12): the kernel 1.05x-1.3x faster up to 2^21 multiply-adds a block
+// (32 steps at batch 8, hidden 64, or batch 2, hidden 128), mixed at 2^22 (batch 1, hidden 256).
+// A function of the shape only, like pipelined(): the same blocks and bits on one thread or two.
+constexpr int64_t kMaxKernelBlockFmas = int64_t{1} << 21;
+inline bool blocks_on_kernel(const LayerShape& s) {
+  return kPipelineStepsPerBlock * s.layout.batch * s.hidden * (s.input_size + s.hidden) <=
+         kMaxKernelBlockFmas;
+}
+
 // pipelined() read off an operator's arguments before they are checked (arguments that fail the
 // checks make it false or true, harmlessly: the checks come next). A pipelined call runs its own
 // small ATen operations (zeroing the sums, contiguous copies) single-threaded as well: an OpenMP

@@ -5,7 +5,10 @@
 // The two directions of a bidirectional layer run on two threads. A single direction at small batch
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
 // (step_blocks.h), never waiting for it.
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstring>
@@ -21,38 +24,53 @@
 namespace rnnkern::cpu {
 namespace {
 
-// The input projection of a pipelined layer (one direction), row by row on the register kernel:
+// The input projection of a pipelined layer (one direction), a block of rows at a time:
 //   rows of out = x W_ih^T + (b_ih + b_hh)
-// with no ATen call per block. A block is a few microseconds of arithmetic, and an ATen GEMM per
-// block (views, dispatch, BLAS packing) cost as much again (PERFORMANCE.md, version 12). Each
-// element is its dot product in the kernel's fixed order plus the bias, so the bits are the same
-// whichever thread computes a block.
+// on the register kernel with no ATen call where blocks are small (blocks_on_kernel), by an ATen
+// GEMM otherwise. Each element is then its dot product in the kernel's fixed order plus the bias,
+// or single-threaded BLAS's, so the bits are the same whichever thread computes a block.
 template <typename T>
 struct RowProjection {
   explicit RowProjection(const ForwardCall& c)
       : k(kernels<T>()),
+        on_kernel(blocks_on_kernel(c.shape)),
         x(c.x.contiguous()),
         bias(c.bias ? c.bias->contiguous() : at::Tensor()),
+        w_ih_t(on_kernel ? at::Tensor() : c.w_ih_t),
         input_size(c.shape.input_size),
         hidden(c.shape.hidden),
         w_stride(padded(hidden, k.width)),
-        w_ih_t(padded_matrix(weight_ih(c.weights, c.shape, 0).contiguous().template data_ptr<T>(),
-                             input_size, hidden, k.width, /*transpose=*/true)) {}
+        padded_w_ih_t(
+            on_kernel ? padded_matrix(
+                            weight_ih(c.weights, c.shape, 0).contiguous().template data_ptr<T>(),
+                            input_size, hidden, k.width, /*transpose=*/true)
+                      : std::vector<T>()) {}
 
   // Rows [first, first + rows) of the projection into dest (rows, H), contiguous.
   void into(int64_t first, int64_t rows, T* dest) const {
+    if (!on_kernel) {
+      at::Tensor d = at::from_blob(dest, {rows, hidden}, x.options());
+      const at::Tensor xr = x.narrow(0, first, rows);
+      if (bias.defined())
+        at::addmm_out(d, bias, xr, w_ih_t);
+      else
+        at::mm_out(d, xr, w_ih_t);
+      return;
+    }
     const T* b = bias.defined() ? bias.template data_ptr<T>() : nullptr;
     if (b)
       for (int64_t r = 0; r < rows; ++r) std::memcpy(dest + r * hidden, b, hidden * sizeof(T));
     k.rows_times_matrix(b ? Epilogue::kAdd : Epilogue::kStore, Activation::kTanh, rows,
                         x.template data_ptr<T>() + first * input_size, input_size, input_size,
-                        w_ih_t.data(), w_stride, hidden, dest, hidden);
+                        padded_w_ih_t.data(), w_stride, hidden, dest, hidden);
   }
 
   const Kernels<T>& k;
-  const at::Tensor x, bias;  // (N, I) and (H) or undefined: the task's own handles
+  const bool on_kernel;
+  // The task's own handles: x (N, I), bias (H) or undefined, W_ih^T (I, H) for the GEMMs.
+  const at::Tensor x, bias, w_ih_t;
   const int64_t input_size, hidden, w_stride;
-  const std::vector<T> w_ih_t;  // (I, H padded): W_ih transposed
+  const std::vector<T> padded_w_ih_t;  // (I, H padded) for the kernel
 };
 
 // The input projection in blocks of kPipelineStepsPerBlock steps, which the helper computes ahead
@@ -67,8 +85,8 @@ struct ProjectionAhead {
       : layout(c.shape.layout),
         projection(c),
         blocks(block_count(layout.steps, kPipelineStepsPerBlock), kSlots),
-        slots(
-            static_cast<size_t>(kSlots * kPipelineStepsPerBlock * layout.batch * c.shape.hidden)) {
+        slots(at::empty({kSlots * kPipelineStepsPerBlock * layout.batch * c.shape.hidden},
+                        c.out.options())) {
     blocks.ready(blocks.count());
   }
 
@@ -102,10 +120,10 @@ struct ProjectionAhead {
     return layout.rows_of_steps(j * S, std::min(steps, (j + 1) * S));
   }
   T* slot(int64_t j) {
-    return slots.data() +
+    return slots.data_ptr<T>() +
            blocks.slot(j) * kPipelineStepsPerBlock * layout.batch * projection.hidden;
   }
-  std::vector<T> slots;  // kSlots blocks of rows
+  const at::Tensor slots;  // kSlots blocks of rows
 };
 
 // The reverse direction of a bidirectional layer, for both_directions: the helper runs it over
