@@ -18,6 +18,8 @@
 #include <tuple>
 #include <vector>
 
+#include "records_autograd.h"
+
 namespace rnnkern {
 namespace {
 
@@ -130,15 +132,9 @@ class ElmanCell : public torch::autograd::Function<ElmanCell> {
   }
 };
 
-// Whether any argument would make autograd record this call: grad mode with an argument that
-// requires grad, or a forward-mode tangent on one (which ElmanCell::apply refuses, as it has no
-// forward-mode formula; the modules route forward AD to torch's own cell instead).
-bool records_autograd(std::initializer_list<const Tensor*> tensors) {
-  const bool grad_mode = at::GradMode::is_enabled();
-  for (const Tensor* t : tensors) {
-    if (!t->defined()) continue;
-    if ((grad_mode && t->requires_grad()) || t->_fw_grad(/*level=*/0).defined()) return true;
-  }
+bool any_records_autograd(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (records_autograd(*t)) return true;
   return false;
 }
 
@@ -146,8 +142,8 @@ Tensor elman_cell_autograd(const Tensor& input, const Tensor& hx, const Tensor& 
                            const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
                            const std::optional<Tensor>& bias_hh, bool relu) {
   const Tensor none;
-  if (!records_autograd({&input, &hx, &weight_ih, &weight_hh, bias_ih ? &*bias_ih : &none,
-                         bias_hh ? &*bias_hh : &none})) {
+  if (!any_records_autograd({&input, &hx, &weight_ih, &weight_hh, bias_ih ? &*bias_ih : &none,
+                             bias_hh ? &*bias_hh : &none})) {
     // Inference (no_grad, or nothing requires grad): no graph node to build, which is most of what
     // ElmanCell::apply costs at one step.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;

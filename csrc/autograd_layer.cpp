@@ -21,6 +21,8 @@
 #include <tuple>
 #include <vector>
 
+#include "records_autograd.h"
+
 namespace rnnkern {
 namespace {
 
@@ -178,6 +180,13 @@ std::tuple<Tensor, Tensor> elman_layer_autograd(const Tensor& input, const Tenso
                                                 at::TensorList weights,
                                                 const std::optional<Tensor>& batch_sizes,
                                                 bool relu) {
+  bool record = records_autograd(input) || records_autograd(hx);
+  for (const Tensor& w : weights) record = record || records_autograd(w);
+  if (!record) {
+    // Inference (no_grad, or nothing requires grad): no graph node to build.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_forward(input, hx, weights, batch_sizes, relu);
+  }
   const variable_list out = ElmanLayer::apply(input, hx, weights, batch_sizes, relu);
   return {out[0], out[1]};
 }
