@@ -24,15 +24,9 @@ from benchmarks.run import CHECK_TOLERANCE, Config, check, make_call, unsupporte
 GRID = [(1, 64, 16), (1, 64, 256), (16, 256, 64)]
 
 
-@pytest.mark.parametrize("mode", ["inference", "forward+backward"])
-@pytest.mark.parametrize("batch, hidden, seq_len", GRID)
-@pytest.mark.parametrize("name", list(IMPLEMENTATIONS))
-def test_rnn(benchmark, name, batch, hidden, seq_len, mode):
-    benchmark.group = f"{mode}, batch {batch}, hidden {hidden}, seq len {seq_len}"
-    config = Config("cpu", "float32", mode, batch, hidden, hidden, 1, False, "tanh")
-    reason = unsupported_reason(name, config)
-    if reason:
-        pytest.skip(reason)  # not applicable here (its device, dtype or mode), as the runner says
+def checked_call(name: str, batch: int, hidden: int, seq_len: int, mode: str):
+    """The unit of work timed for implementation `name` on one point, once its output has been
+    checked against nn.RNN's."""
     torch.manual_seed(0)
     reference = torch.nn.RNN(hidden, hidden)
     fn = IMPLEMENTATIONS[name].build(reference)
@@ -42,7 +36,19 @@ def test_rnn(benchmark, name, batch, hidden, seq_len, mode):
         expected = reference(x, h0)
     error = check(fn, expected, x, h0, torch.float32)
     assert error <= CHECK_TOLERANCE[torch.float32], f"{name} differs from nn.RNN by {error}"
-    benchmark.pedantic(make_call(fn, x, h0, mode), rounds=5, warmup_rounds=2)
+    return make_call(fn, x, h0, mode)
+
+
+@pytest.mark.parametrize("mode", ["inference", "forward+backward"])
+@pytest.mark.parametrize("batch, hidden, seq_len", GRID)
+@pytest.mark.parametrize("name", list(IMPLEMENTATIONS))
+def test_rnn(benchmark, name, batch, hidden, seq_len, mode):
+    benchmark.group = f"{mode}, batch {batch}, hidden {hidden}, seq len {seq_len}"
+    config = Config("cpu", "float32", mode, batch, hidden, hidden, 1, False, "tanh")
+    reason = unsupported_reason(name, config)
+    if reason:
+        pytest.skip(reason)  # not applicable here (its device, dtype or mode), as the runner says
+    benchmark.pedantic(checked_call(name, batch, hidden, seq_len, mode), rounds=5, warmup_rounds=2)
 
 
 # Under outside load: the two-thread paths against rnnkern's own one-thread time (which they
@@ -55,19 +61,11 @@ LOAD_GRID = [(1, 64, 256), (16, 256, 64)]
 @pytest.mark.parametrize("name, threads", [("rnnkern", 1), ("rnnkern", 2), ("nn.RNN", 2)])
 def test_rnn_under_load(benchmark, name, threads, batch, hidden, seq_len, mode):
     benchmark.group = f"one busy core: {mode}, batch {batch}, hidden {hidden}, seq len {seq_len}"
-    torch.manual_seed(0)
-    reference = torch.nn.RNN(hidden, hidden)
-    fn = IMPLEMENTATIONS[name].build(reference)
-    x = torch.randn(seq_len, batch, hidden, requires_grad=mode == "forward+backward")
-    h0 = torch.randn(1, batch, hidden)
-    with torch.no_grad():
-        expected = reference(x, h0)
-    error = check(fn, expected, x, h0, torch.float32)
-    assert error <= CHECK_TOLERANCE[torch.float32], f"{name} differs from nn.RNN by {error}"
+    call = checked_call(name, batch, hidden, seq_len, mode)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with outside_load(1):
-            benchmark.pedantic(make_call(fn, x, h0, mode), rounds=5, warmup_rounds=2)
+            benchmark.pedantic(call, rounds=5, warmup_rounds=2)
     finally:
         torch.set_num_threads(before)
