@@ -10,8 +10,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
 
 #include <algorithm>
 #include <array>
@@ -63,38 +61,35 @@ struct BlockGradients {
   explicit BlockGradients(const BackwardCall& c)
       : k(kernels<T>()),
         on_kernel(blocks_on_kernel(c.shape)),
-        layout(c.shape.layout),
-        need_weights(c.need_weights),
-        need_bias(c.need_bias),
-        input_size(c.shape.input_size),
-        hidden(c.shape.hidden),
-        x(c.x.contiguous()),
-        y(c.y),
-        dz(c.dz),
-        h0(c.h0),
-        ones(static_cast<size_t>(kPipelineStepsPerBlock * layout.batch), T(1)) {}
+        call(inputs_only(c)),
+        ones(static_cast<size_t>(kPipelineStepsPerBlock * c.shape.layout.batch), T(1)) {}
 
   // The flattened size of one block's gradients: dW_ih (H, I), dW_hh (H, H), db (H).
-  int64_t size() const { return hidden * (input_size + hidden + 1); }
+  int64_t size() const {
+    const int64_t H = call.shape.hidden;
+    return H * (call.shape.input_size + H + 1);
+  }
+  int64_t steps() const { return call.shape.layout.steps; }
 
   // A buffer for one block's gradients, or for one block's rows of previous states.
-  at::Tensor block_buffer() const { return at::empty({size()}, x.options()); }
+  at::Tensor block_buffer() const { return at::empty({size()}, call.x.options()); }
   at::Tensor prev_buffer() const {
-    return at::empty({kPipelineStepsPerBlock * layout.batch * hidden}, x.options());
+    const int64_t rows = kPipelineStepsPerBlock * call.shape.layout.batch;
+    return at::empty({rows, call.shape.hidden}, call.x.options());
   }
 
   // Steps [t_begin, t_end)'s gradients into dest (size()); prev: a prev_buffer().
-  void store(int64_t t_begin, int64_t t_end, T* dest, T* prev) const {
+  void store(int64_t t_begin, int64_t t_end, T* dest, at::Tensor& prev) const {
     if (on_kernel)
-      on_registers(t_begin, t_end, Epilogue::kStore, dest, prev);
+      on_registers(t_begin, t_end, Epilogue::kStore, dest, prev.data_ptr<T>());
     else
       by_blas(t_begin, t_end, dest, prev);
   }
 
   // The same gradients added to sums (size()); block: a block_buffer() (for the GEMMs).
-  void add(int64_t t_begin, int64_t t_end, T* sums, T* prev, T* block) const {
+  void add(int64_t t_begin, int64_t t_end, T* sums, at::Tensor& prev, T* block) const {
     if (on_kernel) {
-      on_registers(t_begin, t_end, Epilogue::kAdd, sums, prev);
+      on_registers(t_begin, t_end, Epilogue::kAdd, sums, prev.data_ptr<T>());
     } else {
       by_blas(t_begin, t_end, block, prev);
       add_block(sums, block);
@@ -106,56 +101,50 @@ struct BlockGradients {
     for (int64_t i = 0; i < size(); ++i) sums[i] += block[i];
   }
 
-  const Kernels<T>& k;
-  const bool on_kernel;
-  const SequenceLayout layout;
-  const bool need_weights, need_bias;
-  const int64_t input_size, hidden;
-  const at::Tensor x, y, dz, h0;  // (N, I), (N, H), (N, H), (1, B, H), contiguous: the task's own
-  const std::vector<T> ones;      // the bias gradient's row of ones
-
  private:
-  void gather(int64_t t_begin, int64_t t_end, T* prev) const {
-    gather_previous_states<T>(layout, /*reverse=*/false,
-                              Columns<const T>{y.template data_ptr<T>(), hidden},
-                              h0.template data_ptr<T>(), hidden, t_begin, t_end, prev);
+  // What the blocks read of the call, as the helper's task (which may outlive the call) keeps it:
+  // none of its outputs; x contiguous, for the kernel (y, dz and h0 are already).
+  static BackwardCall inputs_only(const BackwardCall& c) {
+    BackwardCall in = without_outputs(c);
+    in.x = in.x.contiguous();
+    return in;
   }
 
   void on_registers(int64_t t_begin, int64_t t_end, Epilogue epilogue, T* dest, T* prev) const {
-    const auto [first, rows] = layout.rows_of_steps(t_begin, t_end);
-    const int64_t I = input_size, H = hidden;
-    const T* dz_rows = dz.template data_ptr<T>() + first * H;
+    const auto [first, rows] = call.shape.layout.rows_of_steps(t_begin, t_end);
+    const int64_t I = call.shape.input_size, H = call.shape.hidden;
+    const T* dz_rows = call.dz.template data_ptr<T>() + first * H;
     T* w_ih = dest;
     T* w_hh = dest + H * I;
     T* bias = w_hh + H * H;
-    if (need_weights) {
-      gather(t_begin, t_end, prev);
+    if (call.need_weights) {
+      gather_previous_states<T>(call.shape.layout, /*reverse=*/false,
+                                Columns<const T>{call.y.template data_ptr<T>(), H},
+                                call.h0.template data_ptr<T>(), H, t_begin, t_end, prev);
       k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows,
-                                     x.template data_ptr<T>() + first * I, I, I, w_ih, I);
+                                     call.x.template data_ptr<T>() + first * I, I, I, w_ih, I);
       k.transposed_rows_times_matrix(epilogue, Activation::kTanh, H, dz_rows, H, rows, prev, H, H,
                                      w_hh, H);
     }
-    if (need_bias)
+    if (call.need_bias)
       k.rows_times_matrix(epilogue, Activation::kTanh, 1, ones.data(), 0, rows, dz_rows, H, H, bias,
                           H);
   }
 
-  void by_blas(int64_t t_begin, int64_t t_end, T* dest, T* prev) const {
-    const auto [first, rows] = layout.rows_of_steps(t_begin, t_end);
-    const int64_t I = input_size, H = hidden;
-    const at::Tensor dz_t = dz.narrow(0, first, rows).t();
-    if (need_weights) {
-      gather(t_begin, t_end, prev);
-      at::Tensor w_ih = at::from_blob(dest, {H, I}, x.options());
-      at::Tensor w_hh = at::from_blob(dest + H * I, {H, H}, x.options());
-      at::mm_out(w_ih, dz_t, x.narrow(0, first, rows));
-      at::mm_out(w_hh, dz_t, at::from_blob(prev, {rows, H}, x.options()));
-    }
-    if (need_bias) {
-      at::Tensor bias = at::from_blob(dest + H * (I + H), {H}, x.options());
-      at::sum_out(bias, dz_t, 1);
-    }
+  // The driver's block GEMMs, into views of dest.
+  void by_blas(int64_t t_begin, int64_t t_end, T* dest, at::Tensor& prev) const {
+    const int64_t I = call.shape.input_size, H = call.shape.hidden;
+    const at::TensorOptions options = call.x.options();
+    call.block_weight_gradients(0, t_begin, t_end, prev, gather_previous,
+                                at::from_blob(dest, {H, I}, options),
+                                at::from_blob(dest + H * I, {H, H}, options),
+                                at::from_blob(dest + H * (I + H), {H}, options));
   }
+
+  const Kernels<T>& k;
+  const bool on_kernel;
+  const BackwardCall call;
+  const std::vector<T> ones;  // the bias gradient's row of ones
 };
 
 // The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
@@ -180,7 +169,7 @@ struct GradientsBehind {
   void help() {
     for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
       const auto [t_begin, t_end] = steps_of(j);
-      gradients.store(t_begin, t_end, slot(j), helper_prev.data_ptr<T>());
+      gradients.store(t_begin, t_end, slot(j), helper_prev);
       blocks.finish(j);
     }
   }
@@ -199,7 +188,7 @@ struct GradientsBehind {
         add_slot(sums, j);
       } else {
         const auto [t_begin, t_end] = steps_of(j);
-        gradients.add(t_begin, t_end, sums, caller_prev.data_ptr<T>(), caller_block.data_ptr<T>());
+        gradients.add(t_begin, t_end, sums, caller_prev, caller_block.data_ptr<T>());
         blocks.consumed(j);
       }
     }
@@ -210,7 +199,7 @@ struct GradientsBehind {
 
  private:
   std::pair<int64_t, int64_t> steps_of(int64_t j) const {
-    const int64_t S = kPipelineStepsPerBlock, steps = gradients.layout.steps;
+    const int64_t S = kPipelineStepsPerBlock, steps = gradients.steps();
     return {std::max<int64_t>(0, steps - (j + 1) * S), steps - j * S};
   }
   T* slot(int64_t j) { return slots.data_ptr<T>() + blocks.slot(j) * gradients.size(); }
@@ -220,7 +209,7 @@ struct GradientsBehind {
   }
   // Buffers allocated as the caller's tensors are (aligned alike, for BLAS): kSlots blocks'
   // gradients; the states each block's rows started from, one per thread; the caller's block.
-  const at::Tensor slots, helper_prev, caller_prev, caller_block;
+  at::Tensor slots, helper_prev, caller_prev, caller_block;
 };
 
 // The weight gradients over every step, direction by direction, as sums over blocks of steps

@@ -5,10 +5,8 @@
 // The two directions of a bidirectional layer run on two threads. A single direction at small batch
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
 // (step_blocks.h), never waiting for it.
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstring>
@@ -34,43 +32,49 @@ struct RowProjection {
   explicit RowProjection(const ForwardCall& c)
       : k(kernels<T>()),
         on_kernel(blocks_on_kernel(c.shape)),
-        x(c.x.contiguous()),
-        bias(c.bias ? c.bias->contiguous() : at::Tensor()),
-        w_ih_t(on_kernel ? at::Tensor() : c.w_ih_t),
-        input_size(c.shape.input_size),
-        hidden(c.shape.hidden),
-        w_stride(padded(hidden, k.width)),
+        call(inputs_only(c)),
+        w_stride(padded(c.shape.hidden, k.width)),
         padded_w_ih_t(
             on_kernel ? padded_matrix(
                             weight_ih(c.weights, c.shape, 0).contiguous().template data_ptr<T>(),
-                            input_size, hidden, k.width, /*transpose=*/true)
+                            c.shape.input_size, c.shape.hidden, k.width,
+                            /*transpose=*/true)
                       : std::vector<T>()) {}
 
   // Rows [first, first + rows) of the projection into dest (rows, H), contiguous.
   void into(int64_t first, int64_t rows, T* dest) const {
+    const int64_t I = call.shape.input_size, H = call.shape.hidden;
     if (!on_kernel) {
-      at::Tensor d = at::from_blob(dest, {rows, hidden}, x.options());
-      const at::Tensor xr = x.narrow(0, first, rows);
-      if (bias.defined())
-        at::addmm_out(d, bias, xr, w_ih_t);
-      else
-        at::mm_out(d, xr, w_ih_t);
+      call.project_into(first, rows, at::from_blob(dest, {rows, H}, call.x.options()));
       return;
     }
-    const T* b = bias.defined() ? bias.template data_ptr<T>() : nullptr;
+    const T* b = call.bias ? call.bias->template data_ptr<T>() : nullptr;
     if (b)
-      for (int64_t r = 0; r < rows; ++r) std::memcpy(dest + r * hidden, b, hidden * sizeof(T));
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(dest + r * H, b, H * sizeof(T));
     k.rows_times_matrix(b ? Epilogue::kAdd : Epilogue::kStore, Activation::kTanh, rows,
-                        x.template data_ptr<T>() + first * input_size, input_size, input_size,
-                        padded_w_ih_t.data(), w_stride, hidden, dest, hidden);
+                        call.x.template data_ptr<T>() + first * I, I, I, padded_w_ih_t.data(),
+                        w_stride, H, dest, H);
+  }
+
+  int64_t hidden() const { return call.shape.hidden; }
+
+ private:
+  // What the projection reads of the call, as the helper's task (which may outlive the call) keeps
+  // it: neither its list of weights (a view of the caller's arguments) nor its outputs (returned to
+  // the user while the task may live on); x contiguous, for the kernel. The bias is a sum the
+  // driver made, contiguous.
+  static ForwardCall inputs_only(ForwardCall c) {
+    c.weights = {};
+    c.out = c.h0 = c.h_n = at::Tensor();
+    c.x = c.x.contiguous();
+    return c;
   }
 
   const Kernels<T>& k;
   const bool on_kernel;
-  // The task's own handles: x (N, I), bias (H) or undefined, W_ih^T (I, H) for the GEMMs.
-  const at::Tensor x, bias, w_ih_t;
-  const int64_t input_size, hidden, w_stride;
-  const std::vector<T> padded_w_ih_t;  // (I, H padded) for the kernel
+  const ForwardCall call;
+  const int64_t w_stride;
+  const std::vector<T> padded_w_ih_t;  // (I, H padded): W_ih transposed, for the kernel
 };
 
 // The input projection in blocks of kPipelineStepsPerBlock steps, which the helper computes ahead
@@ -102,9 +106,9 @@ struct ProjectionAhead {
   // Caller: block j's projection into out (N, H), from the helper's slot or computed here.
   void fill(int64_t j, T* out) {
     const auto [first, rows] = rows_of(j);
-    T* dest = out + first * projection.hidden;
+    T* dest = out + first * projection.hidden();
     if (blocks.take(j))
-      std::memcpy(dest, slot(j), rows * projection.hidden * sizeof(T));
+      std::memcpy(dest, slot(j), rows * projection.hidden() * sizeof(T));
     else
       projection.into(first, rows, dest);
     blocks.consumed(j);
@@ -121,7 +125,7 @@ struct ProjectionAhead {
   }
   T* slot(int64_t j) {
     return slots.data_ptr<T>() +
-           blocks.slot(j) * kPipelineStepsPerBlock * layout.batch * projection.hidden;
+           blocks.slot(j) * kPipelineStepsPerBlock * layout.batch * projection.hidden();
   }
   const at::Tensor slots;  // kSlots blocks of rows
 };

@@ -21,7 +21,10 @@ namespace rnnkern {
 using at::Tensor;
 
 void ForwardCall::project(int64_t first_row, int64_t rows) const {
-  Tensor dest = out.narrow(0, first_row, rows);
+  project_into(first_row, rows, out.narrow(0, first_row, rows));
+}
+
+void ForwardCall::project_into(int64_t first_row, int64_t rows, Tensor dest) const {
   const Tensor xr = x.narrow(0, first_row, rows);
   if (bias)
     at::addmm_out(dest, *bias, xr, w_ih_t);

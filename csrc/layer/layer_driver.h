@@ -46,6 +46,8 @@ struct ForwardCall {
 
   // out[first_row, first_row + rows) = x[those rows] W_ih^T + (b_ih + b_hh), every direction.
   void project(int64_t first_row, int64_t rows) const;
+  // The same rows' projection written to `dest` (rows, D*H) instead.
+  void project_into(int64_t first_row, int64_t rows, at::Tensor dest) const;
 
   at::Tensor w_ih_t;               // (I, D*H): both directions' W_ih, transposed
   std::optional<at::Tensor> bias;  // (D*H): b_ih + b_hh, when the layer has biases
