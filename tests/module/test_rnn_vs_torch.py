@@ -165,16 +165,21 @@ def test_saturating_and_growing_inputs():
         torch.testing.assert_close(out_o, out_t, rtol=1e-4, atol=1e-4)
 
 
+# (input, hidden): blocks of 32 steps small enough for the register kernel at every batch here, and
+# large enough at batch 16 (over 2^21 multiply-adds) for ATen's GEMMs (elman_cpu.h:
+# blocks_on_kernel).
+@pytest.mark.parametrize("sizes", [(5, 40), (64, 64)])
 @pytest.mark.parametrize("batch", [1, 3, 16])
 @pytest.mark.parametrize("packed", [False, True])
-def test_pipelined_long_sequences(batch, packed):
+def test_pipelined_long_sequences(batch, packed, sizes):
     """Long single-direction sequences at small batch: the GEMMs run on a helper thread."""
     from torch.nn.utils.rnn import pack_sequence
 
-    theirs, ours = rnn_pair(input_size=5, hidden_size=40, nonlinearity="tanh")
+    input_size, hidden = sizes
+    theirs, ours = rnn_pair(input_size=input_size, hidden_size=hidden, nonlinearity="tanh")
     lengths = [300 - 17 * b for b in range(batch)] if packed else [300] * batch
-    seqs = [torch.randn(n, 5, requires_grad=True) for n in lengths]
-    h0 = torch.randn(1, batch, 40, requires_grad=True)
+    seqs = [torch.randn(n, input_size, requires_grad=True) for n in lengths]
+    h0 = torch.randn(1, batch, hidden, requires_grad=True)
     results = []
     for module in (theirs, ours):
         x = pack_sequence(seqs) if packed else torch.stack(seqs, 1)
