@@ -5,11 +5,14 @@
 //
 // A single direction at small batch hands the weight gradients to the helper thread block by block
 // as the recurrence finishes them (step_blocks.h), computes dX itself once its loop is done, and
-// then adds the blocks' gradients in order, computing any the helper has not finished.
+// then adds the blocks' gradients in order, computing any the helper has not finished. Other layers
+// share their weight gradients and, at small batch, dX with the helper in blocks of rows
+// (split_rows.h).
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <array>
@@ -244,6 +247,20 @@ void split_weight_gradients(BackwardCall& c) {
   c.weight_gradients_added = true;
 }
 
+// dX = dZ W_ih at register batch, in blocks of rows shared with the helper thread (split_rows.h),
+// which never wait for each other; at BLAS batch the driver's one GEMM on MKL's threads.
+void split_input_gradient(BackwardCall& c) {
+  const LayerShape& s = c.shape;
+  if (!c.need_input || !use_register_kernel(s.layout)) return;  // the driver computes dX
+  const int64_t DH = s.directions * s.hidden;
+  c.grad_input = at::empty({s.layout.total_rows, s.input_size}, c.x.options());
+  split_rows({c.grad_input}, DH * s.input_size,
+             [dz = c.dz, w_ih = c.weight_ih.reshape({DH, s.input_size})](
+                 int64_t first, int64_t rows, std::vector<Tensor>& dest) {
+               at::mm_out(dest[0], dz.narrow(0, first, rows), w_ih);
+             });
+}
+
 // The reverse direction of a bidirectional layer, for both_directions: the helper runs it into a
 // dZ and a state gradient of its own (reading dY and Y, which nobody writes).
 template <typename T>
@@ -301,7 +318,8 @@ void backward_loop(BackwardCall& c) {
         recur(0, [](int64_t) {});
       else
         both_directions(std::make_shared<ReverseBackward<scalar_t>>(c));
-      split_weight_gradients(c);  // the driver computes dX
+      split_weight_gradients(c);
+      split_input_gradient(c);
       return;
     }
     // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j). The
@@ -340,8 +358,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> elman_layer_backward_cpu(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx,
     const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output,
     const std::optional<Tensor>& batch_sizes, bool relu, std::array<bool, 4> output_mask) {
-  std::optional<SingleThreaded> single_threaded;  // see pipelined_arguments
-  if (pipelined_arguments(input, hx, batch_sizes)) single_threaded.emplace();
+  std::optional<SingleThreaded> single_threaded;
+  if (single_threaded_call(hx)) single_threaded.emplace();
   return run_backward("rnnkern::elman_layer_backward", c10::DeviceType::CPU, grad_output, grad_h_n,
                       input, hx, weight_ih, weight_hh, output, batch_sizes, relu, output_mask,
                       backward_loop, gather_previous);

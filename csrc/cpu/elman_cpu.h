@@ -79,17 +79,18 @@ inline bool blocks_on_kernel(const LayerShape& s) {
          kMaxKernelBlockFmas;
 }
 
-// pipelined() read off an operator's arguments before they are checked (arguments that fail the
-// checks make it false or true, harmlessly: the checks come next). A pipelined call runs its own
-// small ATen operations (zeroing the sums, contiguous copies) single-threaded as well: an OpenMP
-// team ends in a barrier, which on a machine busy with other programs can wait milliseconds for
-// a thread that is not scheduled (torch.zeros of 256 x 256 there: 7 us typically, 450 us on
-// average, PERFORMANCE.md); the helper thread is the call's parallelism.
-inline bool pipelined_arguments(const at::Tensor& input, const at::Tensor& hx,
-                                const std::optional<at::Tensor>& batch_sizes) {
-  if (hx.dim() != 3) return false;
-  const int64_t steps = batch_sizes ? batch_sizes->numel() : (input.dim() == 3 ? input.size(0) : 0);
-  return pipelined(hx.size(0), hx.size(1), steps);
+// Whether a call runs single-threaded on its own thread, the helper thread being its parallelism:
+// at register batch (the recurrence runs on one core), read off an operator's arguments before they
+// are checked (arguments that fail the checks make it false or true, harmlessly: the checks come
+// next). Its GEMMs outside the recurrence are then blocks shared with the helper (the pipelines,
+// split_rows.h), and its small ATen operations (zeroing the sums, contiguous copies)
+// single-threaded: an OpenMP team or a two-thread BLAS call ends in a barrier, which on a machine
+// busy with other programs can wait milliseconds for a thread that is not scheduled (torch.zeros of
+// 256 x 256 there: 7 us typically, 450 us on average; 16,256,64 inference 1.7x-2.3x slower on two
+// threads than on one: PERFORMANCE.md, versions 10 and 17). At BLAS batch the GEMMs per step are
+// MKL's.
+inline bool single_threaded_call(const at::Tensor& hx) {
+  return hx.dim() == 3 && use_register_kernel(hx.size(1));
 }
 
 // Both directions of a bidirectional layer at once, never waiting for the helper thread: the

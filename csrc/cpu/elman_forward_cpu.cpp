@@ -4,7 +4,8 @@
 //
 // The two directions of a bidirectional layer run on two threads. A single direction at small batch
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
-// (step_blocks.h), never waiting for it.
+// (step_blocks.h), never waiting for it; a short one shares its projection with the helper in
+// blocks of rows (split_rows.h).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
@@ -17,10 +18,22 @@
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
 #include "helper_thread.h"
+#include "split_rows.h"
 #include "step_blocks.h"
 
 namespace rnnkern::cpu {
 namespace {
+
+// What the input projection reads of a call, as a helper's task (which may outlive the call) keeps
+// it: neither its list of weights (a view of the caller's arguments) nor its outputs (returned to
+// the user while the task may live on); x contiguous, for the kernel. The bias is a sum the driver
+// made, contiguous.
+ForwardCall projection_inputs(ForwardCall c) {
+  c.weights = {};
+  c.out = c.h0 = c.h_n = at::Tensor();
+  c.x = c.x.contiguous();
+  return c;
+}
 
 // The input projection of a pipelined layer (one direction), a block of rows at a time:
 //   rows of out = x W_ih^T + (b_ih + b_hh)
@@ -32,7 +45,7 @@ struct RowProjection {
   explicit RowProjection(const ForwardCall& c)
       : k(kernels<T>()),
         on_kernel(blocks_on_kernel(c.shape)),
-        call(inputs_only(c)),
+        call(projection_inputs(c)),
         w_stride(padded(c.shape.hidden, k.width)),
         padded_w_ih_t(
             on_kernel ? padded_matrix(
@@ -59,17 +72,6 @@ struct RowProjection {
   int64_t hidden() const { return call.shape.hidden; }
 
  private:
-  // What the projection reads of the call, as the helper's task (which may outlive the call) keeps
-  // it: neither its list of weights (a view of the caller's arguments) nor its outputs (returned to
-  // the user while the task may live on); x contiguous, for the kernel. The bias is a sum the
-  // driver made, contiguous.
-  static ForwardCall inputs_only(ForwardCall c) {
-    c.weights = {};
-    c.out = c.h0 = c.h_n = at::Tensor();
-    c.x = c.x.contiguous();
-    return c;
-  }
-
   const Kernels<T>& k;
   const bool on_kernel;
   const ForwardCall call;
@@ -176,9 +178,24 @@ struct ReverseForward {
   at::Tensor state;
 };
 
+// The input projection of a layer that is not pipelined, all rows at once: at register batch in
+// blocks of rows shared with the helper thread (split_rows.h), which never wait for each other; at
+// BLAS batch one GEMM on MKL's threads.
+void project(ForwardCall& c) {
+  const LayerShape& s = c.shape;
+  if (!use_register_kernel(s.layout)) {
+    c.project(0, s.layout.total_rows);
+    return;
+  }
+  split_rows(
+      {c.out}, s.input_size * s.directions * s.hidden,
+      [call = projection_inputs(c)](int64_t first, int64_t rows, std::vector<at::Tensor>& dest) {
+        call.project_into(first, rows, dest[0]);
+      });
+}
+
 void forward_loop(ForwardCall& c) {
   const LayerShape& s = c.shape;
-  const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
     auto run = [&](int64_t d, const auto& before_step) {
       const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d));
@@ -186,7 +203,7 @@ void forward_loop(ForwardCall& c) {
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
     if (!pipelined(s)) {
-      c.project(0, L.total_rows);
+      project(c);
       if (s.directions == 1)
         run(0, [](int64_t) {});
       else
@@ -212,8 +229,8 @@ std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, cons
                                                    at::TensorList weights,
                                                    const std::optional<at::Tensor>& batch_sizes,
                                                    bool relu) {
-  std::optional<SingleThreaded> single_threaded;  // see pipelined_arguments
-  if (pipelined_arguments(input, hx, batch_sizes)) single_threaded.emplace();
+  std::optional<SingleThreaded> single_threaded;
+  if (single_threaded_call(hx)) single_threaded.emplace();
   return run_forward("rnnkern::elman_layer", c10::DeviceType::CPU, input, hx, weights, batch_sizes,
                      relu, forward_loop);
 }

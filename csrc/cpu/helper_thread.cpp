@@ -8,12 +8,17 @@
 #include <sched.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 // MKL's per-thread thread count (torch's x86 builds link MKL and export it), by its C name: the
 // lower-case symbol is the Fortran entry, which takes a pointer. Weak, so that a torch without MKL
@@ -27,6 +32,8 @@ struct Worker {
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<std::function<void()>> tasks;
+  std::atomic<size_t> queued{0};  // tasks.size(), for the helper's spin outside the lock
+  bool sleeping = false;          // the helper waits on `wake` (guarded by mutex)
   // Tasks the helper has run, left for a caller's thread to destroy (see offer_to_helper).
   std::vector<std::function<void()>> finished;
   bool started = false;
@@ -38,6 +45,38 @@ std::atomic<Worker*> worker{new Worker};
 // Tasks queued and not yet started beyond which calls stop offering work: a helper that far behind
 // is not getting a core, and each queued task keeps its call's tensors alive.
 constexpr size_t kMaxPending = 1;
+
+// How long the helper spins for its next task, after its last task and after the end of the last
+// call that offered it work, before it sleeps; and while such a call is running, it spins on. A
+// sleeping thread is slow to wake: the caller pays a system call and, on a virtual machine, an
+// interrupt sent to a halted virtual core (about 20 us a call here), and the helper then started
+// its task 0.7-0.9 ms after the offer on average, too late to help a call of a few milliseconds
+// (PERFORMANCE.md, version 16). A training or inference loop calls again within a millisecond or
+// two; a spinning helper in the idle scheduling class takes no time from any other thread.
+constexpr int64_t kSpinBeforeSleepNs = 2'000'000;
+
+std::atomic<int> calls_in_flight{0};
+std::atomic<int64_t> last_activity_ns{0};  // steady_clock: the last call's end or task's end
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Whether a task is queued, spinning for one while a call is in flight and kSpinBeforeSleepNs
+// after.
+bool spin_for_task(Worker* w) {
+  for (int64_t spins = 1;; ++spins) {
+    if (w->queued.load(std::memory_order_acquire) > 0) return true;
+    if (spins % 64 == 0 && calls_in_flight.load(std::memory_order_acquire) == 0 &&
+        now_ns() > last_activity_ns.load(std::memory_order_acquire) + kSpinBeforeSleepNs)
+      return false;
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_pause();
+#endif
+  }
+}
 
 void run_tasks(Worker* w) {
 #if defined(__linux__)
@@ -53,11 +92,15 @@ void run_tasks(Worker* w) {
 
   for (;;) {
     std::function<void()> task;
+    spin_for_task(w);
     {
       std::unique_lock<std::mutex> lock(w->mutex);
+      w->sleeping = true;
       w->wake.wait(lock, [&] { return !w->tasks.empty(); });
+      w->sleeping = false;
       task = std::move(w->tasks.front());
       w->tasks.pop_front();
+      w->queued.store(w->tasks.size(), std::memory_order_release);
     }
     try {
       task();
@@ -65,6 +108,7 @@ void run_tasks(Worker* w) {
       // The caller computes whatever a failed task left unfinished, and meets the error itself if
       // it is not the helper's alone.
     }
+    last_activity_ns.store(now_ns(), std::memory_order_release);
     const std::lock_guard<std::mutex> lock(w->mutex);
     w->finished.push_back(std::move(task));
   }
@@ -101,6 +145,7 @@ bool offer_to_helper(std::function<void()> task) {
   // process aborts). A finished task's tensors therefore live until the next call that offers
   // work, or to the end of the process.
   std::vector<std::function<void()>> finished;
+  bool asleep = false;
   {
     // Never blocks: the helper may hold the lock while a busy machine keeps it off every core.
     std::unique_lock<std::mutex> lock(w->mutex, std::try_to_lock);
@@ -108,14 +153,23 @@ bool offer_to_helper(std::function<void()> task) {
     finished.swap(w->finished);
     if (w->tasks.size() >= kMaxPending) return false;
     w->tasks.push_back(std::move(task));
+    w->queued.store(w->tasks.size(), std::memory_order_release);
+    asleep = w->sleeping;
 
     if (!w->started) {
       w->started = true;
       std::thread(run_tasks, w).detach();
     }
   }
-  w->wake.notify_one();
+  if (asleep) w->wake.notify_one();  // a spinning helper sees `queued`
   return true;
+}
+
+CallWithHelper::CallWithHelper() { calls_in_flight.fetch_add(1, std::memory_order_acq_rel); }
+
+CallWithHelper::~CallWithHelper() {
+  last_activity_ns.store(now_ns(), std::memory_order_release);
+  calls_in_flight.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 // at::get_num_threads() first: on a thread's first call it sets the thread's OpenMP thread count to

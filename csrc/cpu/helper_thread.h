@@ -37,6 +37,17 @@ int64_t helper_offers();
 // false if the helper is too far behind to take it (the caller then does all of its work).
 bool offer_to_helper(std::function<void()> task);
 
+// The scope of a call that offers the helper work: while one is alive, and for a short while after
+// the last ends, the helper spins for its next task instead of sleeping, so that the next call's
+// offer finds it running (helper_thread.cpp: waking a sleeping thread is slow).
+class CallWithHelper {
+ public:
+  CallWithHelper();
+  ~CallWithHelper();
+  CallWithHelper(const CallWithHelper&) = delete;
+  CallWithHelper& operator=(const CallWithHelper&) = delete;
+};
+
 // While alive, BLAS (MKL) and ATen's intra-op parallelism run single-threaded on this thread: a
 // block of work must compute the same bits whichever thread runs it, and must never itself wait for
 // other threads.

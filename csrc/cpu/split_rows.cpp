@@ -4,11 +4,16 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <utility>
 
 #include "helper_thread.h"
 #include "step_blocks.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 namespace rnnkern::cpu {
 namespace {
@@ -76,8 +81,27 @@ struct BlockResult {
   bool by_helper = false;
 };
 
+using Clock = std::chrono::steady_clock;
+
+// Waits while the helper is computing block j, for at most `patience`: the time a block took the
+// caller. The two threads start their last blocks at about the same time, so a helper that is
+// running finishes its own about when the caller would have finished computing it again, and
+// computing it again wasted the helper's share (the caller recomputed the helper's last block in
+// most calls at batch 16, hidden 256, 64 steps: PERFORMANCE.md, version 17). A helper that is not
+// running (preempted on a busy machine) costs the caller at most one block's time more.
+void wait_a_block(const SharedBlocks& blocks, int64_t j, Clock::duration patience) {
+  const auto until = Clock::now() + patience;
+  for (int64_t spins = 1; blocks.in_progress(j); ++spins) {
+    if (spins % 64 == 0 && Clock::now() > until) return;
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_pause();
+#endif
+  }
+}
+
 // Every block of b computed once, the caller's into caller_dest(j), the helper's (taking blocks
-// from the last down, neither waiting for the other) into buffers of make's.
+// from the last down) into buffers of make's. The helper never waits; the caller waits for the
+// helper's last block at most as long as one block of its own took (wait_a_block).
 template <class CallerDest>
 std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
                                     const MakeBuffers& make, const CallerDest& caller_dest) {
@@ -94,10 +118,16 @@ std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
   const CloseOnExit close(split->blocks);
   offer_to_helper([split] { split->help(); });
   int64_t j = 0;
-  for (; j < b.count && split->blocks.claim_free(j); ++j) compute(j);
+  auto block_time = Clock::duration::zero();  // the caller's last block
+  for (; j < b.count && split->blocks.claim_free(j); ++j) {
+    const auto start = Clock::now();
+    compute(j);
+    block_time = Clock::now() - start;
+  }
   // Blocks [j, count) are the helper's, finished except perhaps block j, which it started last:
   // take the finished ones first, giving it the most time.
   for (int64_t i = b.count - 1; i >= j; --i) {
+    if (i == j) wait_a_block(split->blocks, i, block_time);
     if (split->blocks.take(i))
       results[i] = {std::move(split->results[i]), true};  // the helper no longer touches it
     else

@@ -23,6 +23,8 @@
 #include <memory>
 #include <thread>
 
+#include "helper_thread.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -76,6 +78,11 @@ class SharedBlocks {
   // Caller: whether the helper has finished block j (its result is in the slot); leaves the block
   // to the helper otherwise. Never waits.
   bool done(int64_t j) const { return state_[j].load(std::memory_order_acquire) == kDone; }
+
+  // Caller: whether the helper is computing block j now.
+  bool in_progress(int64_t j) const {
+    return state_[j].load(std::memory_order_acquire) == kClaimed;
+  }
 
   // Caller: block j's slot has been read; the helper may reuse it.
   void consumed(int64_t j) {
@@ -165,7 +172,8 @@ class SharedBlocks {
 };
 
 // Closes a SharedBlocks when the caller's scope ends, however it ends (an exception included), so
-// that the helper never waits for a call that is over.
+// that the helper never waits for a call that is over. The scope is a call that offers the helper
+// work (CallWithHelper).
 class CloseOnExit {
  public:
   explicit CloseOnExit(SharedBlocks& blocks) : blocks_(blocks) {}
@@ -174,6 +182,7 @@ class CloseOnExit {
   CloseOnExit& operator=(const CloseOnExit&) = delete;
 
  private:
+  const CallWithHelper call_;
   SharedBlocks& blocks_;
 };
 
