@@ -21,6 +21,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/helper_thread.h"
 #include "records_autograd.h"
 
 namespace rnnkern {
@@ -67,6 +68,12 @@ Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_
   const Tensor& first = weights[role];
   if (directions == 1) return first.unsqueeze(0);
   if (!values_read) return first.unsqueeze(0).expand({directions, first.size(0), first.size(1)});
+  // On the CPU single-threaded: a copy of more than 32k elements is otherwise an OpenMP team, whose
+  // closing barrier waits for a thread a busy machine may not schedule for milliseconds (the
+  // bidirectional training step at batch 16, hidden 256 then took 1.3x-1.6x its one-thread time
+  // under outside load: PERFORMANCE.md, version 18).
+  std::optional<cpu::SingleThreaded> single_threaded;
+  if (first.is_cpu()) single_threaded.emplace();
   return at::stack({first, weights[per_direction + role]});
 }
 

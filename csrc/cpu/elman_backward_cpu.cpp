@@ -65,7 +65,8 @@ struct BlockGradients {
       : k(kernels<T>()),
         on_kernel(blocks_on_kernel(c.shape)),
         call(inputs_only(c)),
-        ones(static_cast<size_t>(kPipelineStepsPerBlock * c.shape.layout.batch), T(1)) {}
+        ones(static_cast<size_t>(cpu::steps_per_block(c.shape) * c.shape.layout.batch), T(1)),
+        steps_per_block(cpu::steps_per_block(c.shape)) {}
 
   // The flattened size of one block's gradients: dW_ih (H, I), dW_hh (H, H), db (H).
   int64_t size() const {
@@ -77,7 +78,7 @@ struct BlockGradients {
   // A buffer for one block's gradients, or for one block's rows of previous states.
   at::Tensor block_buffer() const { return at::empty({size()}, call.x.options()); }
   at::Tensor prev_buffer() const {
-    const int64_t rows = kPipelineStepsPerBlock * call.shape.layout.batch;
+    const int64_t rows = steps_per_block * call.shape.layout.batch;
     return at::empty({rows, call.shape.hidden}, call.x.options());
   }
 
@@ -147,10 +148,13 @@ struct BlockGradients {
   const Kernels<T>& k;
   const bool on_kernel;
   const BackwardCall call;
-  const std::vector<T> ones;  // the bias gradient's row of ones
+  const std::vector<T> ones;  // the bias gradient's row of ones: a block's rows at most
+
+ public:
+  const int64_t steps_per_block;
 };
 
-// The weight gradients in blocks of kPipelineStepsPerBlock steps, which the helper computes
+// The weight gradients in blocks of steps_per_block() steps, which the helper computes
 // behind the recurrence as it finishes them (into its slots, each block's gradients afresh) and the
 // caller adds to the sums in block order, during its loop where the helper is done and after it for
 // the rest (taking over any block the helper has not finished). Shared with the helper's task,
@@ -162,7 +166,7 @@ struct GradientsBehind {
 
   explicit GradientsBehind(const BackwardCall& c)
       : gradients(c),
-        blocks(block_count(c.shape.layout.steps, kPipelineStepsPerBlock), kSlots),
+        blocks(block_count(c.shape.layout.steps, gradients.steps_per_block), kSlots),
         slots(at::empty({kSlots, gradients.size()}, c.x.options())),
         helper_prev(gradients.prev_buffer()),
         caller_prev(gradients.prev_buffer()),
@@ -202,7 +206,7 @@ struct GradientsBehind {
 
  private:
   std::pair<int64_t, int64_t> steps_of(int64_t j) const {
-    const int64_t S = kPipelineStepsPerBlock, steps = gradients.steps();
+    const int64_t S = gradients.steps_per_block, steps = gradients.steps();
     return {std::max<int64_t>(0, steps - (j + 1) * S), steps - j * S};
   }
   T* slot(int64_t j) { return slots.data_ptr<T>() + blocks.slot(j) * gradients.size(); }
@@ -277,7 +281,8 @@ struct ReverseBackward {
 
   void help() {
     if (blocks.claim() != 0) return;
-    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dz, dstate);
+    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dz, dstate,
+                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
     blocks.finish(0);
   }
   void first() { run(0); }
@@ -289,6 +294,7 @@ struct ReverseBackward {
   }
 
   SharedBlocks blocks{1, 1};
+  std::atomic<int64_t> steps_done{0};
 
  private:
   void run(int64_t d) {
@@ -317,23 +323,24 @@ void backward_loop(BackwardCall& c) {
       if (s.directions == 1)
         recur(0, [](int64_t) {});
       else
-        both_directions(std::make_shared<ReverseBackward<scalar_t>>(c));
+        both_directions(std::make_shared<ReverseBackward<scalar_t>>(c), L.steps);
       split_weight_gradients(c);
       split_input_gradient(c);
       return;
     }
-    // One direction, visited t = T-1 .. 0: block j is steps [T - 32 (j + 1), T - 32 j). The
-    // gradients are summed in one buffer laid out as a block's (dW_ih, dW_hh, db), copied out at
-    // the end.
+    // One direction, visited t = T-1 .. 0: block j is steps [T - S (j + 1), T - S j), S steps per
+    // block. The gradients are summed in one buffer laid out as a block's (dW_ih, dW_hh, db),
+    // copied out at the end.
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto behind = std::make_shared<GradientsBehind<scalar_t>>(c);
     const CloseOnExit close(behind->blocks);
     if (helper_available()) offer_to_helper([behind] { behind->help(); });
     std::vector<scalar_t> sums(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
     int64_t added = 0;
+    const int64_t S = behind->gradients.steps_per_block;
     recur(0, [&](int64_t t) {
-      if ((L.steps - t) % kPipelineStepsPerBlock == 0 || t == 0) {
-        const int64_t finished = (L.steps - 1 - t) / kPipelineStepsPerBlock + 1;
+      if ((L.steps - t) % S == 0 || t == 0) {
+        const int64_t finished = (L.steps - 1 - t) / S + 1;
         behind->blocks.ready(finished);
         added = behind->add_finished(sums.data(), added, finished);
       }

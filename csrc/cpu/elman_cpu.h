@@ -5,7 +5,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <tuple>
@@ -51,19 +54,39 @@ DirectionLoop<T> direction_loop(const LayerShape& s, int64_t d, bool relu, const
           activation(relu), w_hh,     column < 0 ? d * s.hidden : column};
 }
 
-// Steps per block of the pipelines (step_blocks.h): large enough that each block is a real GEMM,
-// small enough that the recurrence does not wait long for the first one.
-constexpr int64_t kPipelineStepsPerBlock = 32;
+// The pipelines (step_blocks.h) split a layer's steps into blocks of 32 steps (large enough that
+// each block is a real GEMM, small enough that the recurrence does not wait long for the first
+// one), or, for a sequence shorter than four such blocks, into four blocks of at least 8 steps:
+// the caller computes the first block's projection while the helper starts on the others, which
+// it then hands over while the recurrence runs.
+constexpr int64_t kPipelineBlocks = 4;
+constexpr int64_t kMaxStepsPerBlock = 32;
+constexpr int64_t kMinStepsPerBlock = 8;
+
+// Steps per block of a pipelined layer of `steps` steps: a function of the shape only.
+inline int64_t steps_per_block(int64_t steps) {
+  return std::clamp(steps / kPipelineBlocks, kMinStepsPerBlock, kMaxStepsPerBlock);
+}
+inline int64_t steps_per_block(const LayerShape& s) { return steps_per_block(s.layout.steps); }
+
+// The least projection work (multiply-adds) of a block of a short pipelined sequence (fewer than
+// four blocks of 32 steps): below it, four GEMMs cost more than one on a single thread (8% at batch
+// 8, hidden 128, 48 steps), and such a layer shares its one projection GEMM with the helper in
+// blocks of rows instead (split_rows.h). Measured: PERFORMANCE.md, version 18.
+constexpr int64_t kMinShortBlockFmas = int64_t{1} << 22;
 
 // Whether a layer's GEMMs are pipelined with its recurrence on a second thread (step_blocks.h): one
 // direction (two use both threads already), the register kernel (small batch: the recurrence leaves
-// a core idle), and enough steps for a few blocks. It depends on the shape only, never on the
-// thread count, so the blocking (and so the rounding) is the same on one thread or two.
-inline bool pipelined(int64_t directions, int64_t batch, int64_t steps) {
-  return directions == 1 && use_register_kernel(batch) && steps >= 4 * kPipelineStepsPerBlock;
-}
+// a core idle), and enough steps for four blocks, each large enough (kMinShortBlockFmas) when the
+// sequence is short. It depends on the shape only, never on the thread count, so the blocking (and
+// so the rounding) is the same on one thread or two.
 inline bool pipelined(const LayerShape& s) {
-  return pipelined(s.directions, s.layout.batch, s.layout.steps);
+  const int64_t steps = s.layout.steps;
+  if (s.directions != 1 || !use_register_kernel(s.layout) ||
+      steps < kPipelineBlocks * kMinStepsPerBlock)
+    return false;
+  return steps >= kPipelineBlocks * kMaxStepsPerBlock ||
+         steps_per_block(s) * s.layout.batch * s.input_size * s.hidden >= kMinShortBlockFmas;
 }
 
 // Whether a pipelined layer's blocks (the projection ahead, the weight gradients behind) run on the
@@ -75,7 +98,7 @@ inline bool pipelined(const LayerShape& s) {
 // A function of the shape only, like pipelined(): the same blocks and bits on one thread or two.
 constexpr int64_t kMaxKernelBlockFmas = int64_t{1} << 21;
 inline bool blocks_on_kernel(const LayerShape& s) {
-  return kPipelineStepsPerBlock * s.layout.batch * s.hidden * (s.input_size + s.hidden) <=
+  return steps_per_block(s) * s.layout.batch * s.hidden * (s.input_size + s.hidden) <=
          kMaxKernelBlockFmas;
 }
 
@@ -93,20 +116,51 @@ inline bool single_threaded_call(const at::Tensor& hx) {
   return hx.dim() == 3 && use_register_kernel(hx.size(1));
 }
 
-// Both directions of a bidirectional layer at once, never waiting for the helper thread: the
-// helper runs the second direction on buffers of its own (`aside`, shared with its task, which may
-// outlive the call) while the caller runs the first; then the caller copies the helper's result
-// back, or, if the helper has not finished, runs the second direction itself. Aside provides
-// help() (compute on the helper), first() and second() (compute in place, on the caller) and
-// take_result() (copy the helper's result back), and a SharedBlocks `blocks` of one block.
+// Waits while the helper, running a bidirectional layer's second direction, would finish it sooner
+// than the caller could run it again: the helper starts later than the caller (its own projection,
+// buffers of its own), and running the direction again cost the whole of the second core's gain at
+// batch 64 (PERFORMANCE.md, version 18). The helper's pace is measured over windows of 4 of the
+// caller's steps (at least 50 us) from aside.steps_done: a helper that did not move in a window
+// (preempted on a busy machine, or still projecting), or whose remaining steps at its pace take
+// longer than the caller's own direction took, is given up on. So a waiting caller loses at most
+// one window to a helper that does not finish.
 template <typename Aside>
-void both_directions(const std::shared_ptr<Aside>& aside) {
+void wait_while_worthwhile(const Aside& aside, int64_t steps, std::chrono::nanoseconds first) {
+  using Clock = std::chrono::steady_clock;
+  const auto window = std::max<std::chrono::nanoseconds>(std::chrono::microseconds(50),
+                                                         4 * first / std::max<int64_t>(steps, 1));
+  auto since = Clock::now();
+  int64_t done_since = aside.steps_done.load(std::memory_order_acquire);
+  for (int64_t spins = 1; aside.blocks.in_progress(0); ++spins) {
+    spin_pause(1);  // a pause, never a yield: the wait is short
+    if (spins % 64 != 0) continue;
+    const auto now = Clock::now();
+    if (now - since < window) continue;
+    const int64_t done = aside.steps_done.load(std::memory_order_acquire);
+    if (done == done_since) return;
+    if ((steps - done) * (now - since) / (done - done_since) > first) return;
+    since = now;
+    done_since = done;
+  }
+}
+
+// Both directions of a bidirectional layer at once: the helper runs the second direction on
+// buffers of its own (`aside`, shared with its task, which may outlive the call) while the caller
+// runs the first; then the caller copies the helper's result back or, if the helper has not
+// finished (after wait_while_worthwhile), runs the second direction itself. Aside provides help()
+// (compute on the helper), first() and second() (compute in place, on the caller), take_result()
+// (copy the helper's result back), a SharedBlocks `blocks` of one block and an atomic
+// `steps_done` the helper advances step by step.
+template <typename Aside>
+void both_directions(const std::shared_ptr<Aside>& aside, int64_t steps) {
   const SingleThreaded single_threaded;  // each direction's BLAS steps: as on the helper
   {
     const CloseOnExit close(aside->blocks);
     aside->blocks.ready(1);
     if (helper_available()) offer_to_helper([aside] { aside->help(); });
+    const auto start = std::chrono::steady_clock::now();
     aside->first();
+    wait_while_worthwhile(*aside, steps, std::chrono::steady_clock::now() - start);
     if (aside->blocks.take(0)) {
       aside->take_result();
       return;

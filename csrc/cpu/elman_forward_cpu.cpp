@@ -6,8 +6,10 @@
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
 // (step_blocks.h), never waiting for it; a short one shares its projection with the helper in
 // blocks of rows (split_rows.h).
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstring>
@@ -79,7 +81,7 @@ struct RowProjection {
   const std::vector<T> padded_w_ih_t;  // (I, H padded): W_ih transposed, for the kernel
 };
 
-// The input projection in blocks of kPipelineStepsPerBlock steps, which the helper computes ahead
+// The input projection in blocks of steps_per_block() steps, which the helper computes ahead
 // of the recurrence into its slots and the recurrence fetches (or computes itself) at the start of
 // each block. Shared with the helper's task, which may outlive the call: it holds its own handles
 // to the tensors it reads, and none of the call's outputs.
@@ -89,9 +91,10 @@ struct ProjectionAhead {
 
   explicit ProjectionAhead(const ForwardCall& c)
       : layout(c.shape.layout),
+        steps_per_block(cpu::steps_per_block(c.shape)),
         projection(c),
-        blocks(block_count(layout.steps, kPipelineStepsPerBlock), kSlots),
-        slots(at::empty({kSlots * kPipelineStepsPerBlock * layout.batch * c.shape.hidden},
+        blocks(block_count(layout.steps, steps_per_block), kSlots),
+        slots(at::empty({kSlots * steps_per_block * layout.batch * c.shape.hidden},
                         c.out.options())) {
     blocks.ready(blocks.count());
   }
@@ -117,23 +120,40 @@ struct ProjectionAhead {
   }
 
   const SequenceLayout layout;
+  const int64_t steps_per_block;
   const RowProjection<T> projection;
   SharedBlocks blocks;
 
  private:
   std::pair<int64_t, int64_t> rows_of(int64_t j) const {
-    const int64_t S = kPipelineStepsPerBlock, steps = layout.steps;
+    const int64_t S = steps_per_block, steps = layout.steps;
     return layout.rows_of_steps(j * S, std::min(steps, (j + 1) * S));
   }
   T* slot(int64_t j) {
     return slots.data_ptr<T>() +
-           blocks.slot(j) * kPipelineStepsPerBlock * layout.batch * projection.hidden();
+           blocks.slot(j) * steps_per_block * layout.batch * projection.hidden();
   }
   const at::Tensor slots;  // kSlots blocks of rows
 };
 
-// The reverse direction of a bidirectional layer, for both_directions: the helper runs it over
-// copies of its projection columns and initial state, taken before the caller starts.
+// Direction d's columns of the input projection, x W_ih[d]^T + (b_ih[d] + b_hh[d]), into dest
+// (N, H): a buffer, or that direction's columns of the output.
+void project_direction(const ForwardCall& c, int64_t d, const at::Tensor& dest) {
+  const int64_t H = c.shape.hidden;
+  const at::Tensor w_ih_t = c.w_ih_t.narrow(1, d * H, H);
+  at::Tensor out = dest;
+  if (c.bias)
+    at::addmm_out(out, c.bias->narrow(0, d * H, H), c.x, w_ih_t);
+  else
+    at::mm_out(out, c.x, w_ih_t);
+}
+
+// The reverse direction of a bidirectional layer, for both_directions: the helper projects its
+// columns and runs its recurrence in buffers of its own, from a copy of its initial state taken
+// before the caller starts. Each direction projects its own columns, on the thread that runs it:
+// one projection GEMM shared the way split_rows shares it costs a copy of the helper's rows (1 MB
+// at batch 16, hidden 256, 64 steps), and 1.14x the two-thread time of MKL's GEMM there
+// (PERFORMANCE.md, version 18).
 template <typename T>
 struct ReverseForward {
   explicit ReverseForward(ForwardCall& c)
@@ -141,14 +161,15 @@ struct ReverseForward {
         relu(c.relu),
         shape(c.shape),
         w_hh(weight_hh(c.weights, c.shape, 1).alias()),  // not the parameter itself: see below
-        // A copy always: contiguous() would hand back the caller's own columns when they are
-        // contiguous already (a single row), and the helper would activate them a second time.
-        out(c.out.narrow(1, c.shape.hidden, c.shape.hidden).clone(at::MemoryFormat::Contiguous)),
+        projection(projection_inputs(c)),
+        out(at::empty({c.shape.layout.total_rows, c.shape.hidden}, c.out.options())),
         state(c.h_n.select(0, 1).clone()) {}
 
   void help() {
     if (blocks.claim() != 0) return;
-    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), out, state);
+    project_direction(projection, 1, out);
+    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), out, state,
+                         [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
     blocks.finish(0);
   }
   void first() { run(0); }
@@ -159,9 +180,11 @@ struct ReverseForward {
   }
 
   SharedBlocks blocks{1, 1};
+  std::atomic<int64_t> steps_done{0};
 
  private:
   void run(int64_t d) {
+    project_direction(call, d, call.out.narrow(1, d * shape.hidden, shape.hidden));
     at::Tensor h = call.h_n.select(0, d);
     forward_direction<T>(
         direction_loop<T>(call.shape, d, relu, weight_hh(call.weights, call.shape, d)), call.out,
@@ -174,13 +197,15 @@ struct ReverseForward {
 
   // w_hh is an alias, never the caller's parameter tensor itself: a finished task lives until the
   // next offer, and a second handle to a parameter stops torch's swap_tensors (module.to()).
-  const at::Tensor w_hh, out;
+  const at::Tensor w_hh;
+  const ForwardCall projection;  // what project_direction reads, without the call's outputs
+  const at::Tensor out;
   at::Tensor state;
 };
 
-// The input projection of a layer that is not pipelined, all rows at once: at register batch in
-// blocks of rows shared with the helper thread (split_rows.h), which never wait for each other; at
-// BLAS batch one GEMM on MKL's threads.
+// The input projection of a one-direction layer that is not pipelined, all rows at once: at
+// register batch in blocks of rows shared with the helper thread (split_rows.h), which never wait
+// for each other; at BLAS batch one GEMM on MKL's threads.
 void project(ForwardCall& c) {
   const LayerShape& s = c.shape;
   if (!use_register_kernel(s.layout)) {
@@ -202,23 +227,26 @@ void forward_loop(ForwardCall& c) {
       at::Tensor state = c.h_n.select(0, d);
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
+    if (s.directions == 2) {
+      both_directions(std::make_shared<ReverseForward<scalar_t>>(c),
+                      s.layout.steps);  // each projects
+      return;
+    }
     if (!pipelined(s)) {
       project(c);
-      if (s.directions == 1)
-        run(0, [](int64_t) {});
-      else
-        both_directions(std::make_shared<ReverseForward<scalar_t>>(c));
+      run(0, [](int64_t) {});
       return;
     }
 
-    // One direction, visited t = 0 .. T-1: block j is steps [32 j, 32 (j + 1)).
+    // One direction, visited t = 0 .. T-1: block j is steps [S j, S (j + 1)), S steps per block.
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto ahead = std::make_shared<ProjectionAhead<scalar_t>>(c);
     const CloseOnExit close(ahead->blocks);
     if (helper_available()) offer_to_helper([ahead] { ahead->help(); });
     scalar_t* out = c.out.data_ptr<scalar_t>();
+    const int64_t S = ahead->steps_per_block;
     run(0, [&](int64_t t) {
-      if (t % kPipelineStepsPerBlock == 0) ahead->fill(t / kPipelineStepsPerBlock, out);
+      if (t % S == 0) ahead->fill(t / S, out);
     });
   });
 }

@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <utility>
@@ -45,6 +46,8 @@ struct RowBlocks {
   int64_t total, rows, count;
 };
 
+using Clock = std::chrono::steady_clock;
+
 // Fresh buffers for one block's results, given its rows. Holds shapes only, never a tensor of the
 // call's: the helper calls it, possibly after the call has returned.
 using MakeBuffers = std::function<Tensors(int64_t rows)>;
@@ -61,6 +64,7 @@ struct Split {
   // Helper: blocks from the last down, into buffers of its own, until it meets the caller.
   void help() {
     for (int64_t j = blocks.claim_from_back(); j >= 0; j = blocks.claim_from_back()) {
+      last_claim.store(Clock::now().time_since_epoch().count(), std::memory_order_release);
       Tensors dest = make(b.rows_of(j));
       fn(b.first(j), b.rows_of(j), dest);
       results[j] = std::move(dest);  // the caller reads it only after finish()
@@ -72,7 +76,8 @@ struct Split {
   const RowBlocks b;
   const MakeBuffers make;
   SharedBlocks blocks;
-  std::vector<Tensors> results;  // [j]: block j's, when the helper computed it
+  std::vector<Tensors> results;        // [j]: block j's, when the helper computed it
+  std::atomic<int64_t> last_claim{0};  // when the helper claimed its latest block (Clock ticks)
 };
 
 // Where a block's result is: in the caller's destination for it, or in the helper's buffers.
@@ -81,17 +86,19 @@ struct BlockResult {
   bool by_helper = false;
 };
 
-using Clock = std::chrono::steady_clock;
-
-// Waits while the helper is computing block j, for at most `patience`: the time a block took the
-// caller. The two threads start their last blocks at about the same time, so a helper that is
-// running finishes its own about when the caller would have finished computing it again, and
-// computing it again wasted the helper's share (the caller recomputed the helper's last block in
-// most calls at batch 16, hidden 256, 64 steps: PERFORMANCE.md, version 17). A helper that is not
-// running (preempted on a busy machine) costs the caller at most one block's time more.
-void wait_a_block(const SharedBlocks& blocks, int64_t j, Clock::duration patience) {
-  const auto until = Clock::now() + patience;
-  for (int64_t spins = 1; blocks.in_progress(j); ++spins) {
+// Waits while the helper is computing block j, its latest, until it would finish it at the
+// caller's pace: its claim time plus one block of the caller's, and a quarter more. The two threads
+// start their last blocks at about the same time, so a running helper finishes its own about when
+// the caller would have finished computing it again, and computing it again wasted the helper's
+// share (the caller recomputed the helper's last block in most calls at batch 16, hidden 256, 64
+// steps: PERFORMANCE.md, version 17). A helper that claimed its block too recently to be half
+// done, or long ago and stopped (preempted on a busy machine), is given up on at once: the wait
+// is at most about half a block.
+void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
+  const auto claimed = Clock::time_point(Clock::duration(split.last_claim.load()));
+  const auto until = claimed + block_time + block_time / 4;
+  if (until - Clock::now() > block_time / 2) return;  // not half done, even at the caller's pace
+  for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     if (spins % 64 == 0 && Clock::now() > until) return;
 #if defined(__x86_64__) || defined(_M_X64)
     _mm_pause();
@@ -101,7 +108,8 @@ void wait_a_block(const SharedBlocks& blocks, int64_t j, Clock::duration patienc
 
 // Every block of b computed once, the caller's into caller_dest(j), the helper's (taking blocks
 // from the last down) into buffers of make's. The helper never waits; the caller waits for the
-// helper's last block at most as long as one block of its own took (wait_a_block).
+// helper's last block only while a helper at its own pace would still be computing it
+// (wait_a_block).
 template <class CallerDest>
 std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
                                     const MakeBuffers& make, const CallerDest& caller_dest) {
@@ -127,7 +135,7 @@ std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
   // Blocks [j, count) are the helper's, finished except perhaps block j, which it started last:
   // take the finished ones first, giving it the most time.
   for (int64_t i = b.count - 1; i >= j; --i) {
-    if (i == j) wait_a_block(split->blocks, i, block_time);
+    if (i == j) wait_a_block(*split, i, block_time);
     if (split->blocks.take(i))
       results[i] = {std::move(split->results[i]), true};  // the helper no longer touches it
     else

@@ -10,7 +10,8 @@
 // single-threaded GEMM: the caller computes them from the first up into the outputs, the helper
 // from the last down into buffers of its own; where the two meet, the caller takes what the helper
 // has finished and computes itself what it has not (step_blocks.h, claim_free/claim_from_back),
-// after waiting for the block the helper is on at most as long as one block of its own took.
+// after waiting for the block the helper is on only while a helper at the caller's pace would still
+// be computing it.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -5,8 +5,9 @@
 //   run_forward    checks the arguments (layer_args.h) and the device and dtype (kernel_dtypes.h);
 //                  the device's loop calls project() for the input projection
 //                      Y = X W_ih^T + (b_ih + b_hh)          one GEMM, all steps, both directions
-//                  (all at once, or block by block ahead of itself) and then, per direction, step
-//                  by step in visited_step's order (elman_math.h),
+//                  (all at once or block by block ahead of itself; the CPU's bidirectional layers
+//                  project each direction's columns on the thread that runs it) and then, per
+//                  direction, step by step in visited_step's order (elman_math.h),
 //                      h_t = act(Y_t + h_{t-1} W_hh^T)       written over Y_t;
 //                  the output comes back in the input's layout.
 //   run_backward   checks as above; the device's loop, in the reverse order,
