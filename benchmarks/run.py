@@ -334,10 +334,17 @@ def make_call(fn, x, h0: torch.Tensor, mode: str):
         def call():
             return fn(x, h0)
     else:
+        # The gradient of sum(output) + sum(h_n), handed to backward as it is rather than through
+        # a loss: a reduction over the output is itself an OpenMP team, whose barrier under
+        # outside load cost the step more than the RNN did (PERFORMANCE.md, version 17).
+        grads = []
 
         def call():
             out, h_n = fn(x, h0)
-            (data(out).float().sum() + h_n.float().sum()).backward()
+            outputs = (data(out), h_n)
+            if not grads:
+                grads.extend(torch.ones_like(t) for t in outputs)
+            torch.autograd.backward(outputs, grads)
 
     return call
 
