@@ -50,8 +50,21 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
         5,
         torch.float32,
     ),
+    # one direction, batch <= 32, 32-127 steps, blocks of at least 2^22 multiply-adds: pipelined
+    # in four blocks of 12 steps
+    "short_pipelined": (dict(input_size=256, hidden_size=128), 48, 16, torch.float32),
+    # one direction, batch <= 32, fewer than 32 steps: projection and dX in row blocks shared
+    # with the helper (split_rows.h), three blocks each here
+    "split_rows": (dict(input_size=256, hidden_size=128), 24, 16, torch.float32),
     # batch > 32: addmm_ per step
     "large_batch": (dict(input_size=6, hidden_size=32, num_layers=2), 20, 40, torch.float32),
+    # batch > 32, two directions: each projects its own columns, on its own thread
+    "bidirectional_large_batch": (
+        dict(input_size=6, hidden_size=32, bidirectional=True),
+        20,
+        40,
+        torch.float32,
+    ),
 }
 
 
@@ -220,6 +233,8 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
         (dict(input_size=6, hidden_size=48), 160, 2),  # pipelined: projection, weight gradients
         (dict(input_size=6, hidden_size=48, bidirectional=True), 40, 2),  # the second direction
         (dict(input_size=64, hidden_size=256), 64, 40),  # weight gradients as sums of blocks
+        (dict(input_size=256, hidden_size=128), 48, 16),  # short, pipelined
+        (dict(input_size=256, hidden_size=128), 24, 16),  # projection and dX in row blocks
     ],
 )
 def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batch) -> None:
