@@ -265,8 +265,10 @@ void split_input_gradient(BackwardCall& c) {
              });
 }
 
-// The reverse direction of a bidirectional layer, for both_directions: the helper runs it into a
-// dZ and a state gradient of its own (reading dY and Y, which nobody writes).
+// The reverse direction of a bidirectional layer, for both_directions: computed into a dZ and a
+// state gradient of its own (reading dY and Y, which nobody writes), by the helper or, if the
+// helper has not finished, by the caller: the same layout on either thread, so the same bits on one
+// thread or two (ReverseForward says why); then copied into the call's.
 template <typename T>
 struct ReverseBackward {
   explicit ReverseBackward(BackwardCall& c)
@@ -281,29 +283,38 @@ struct ReverseBackward {
 
   void help() {
     if (blocks.claim() != 0) return;
-    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dz, dstate,
-                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
+    compute(dz, dstate);
     blocks.finish(0);
   }
-  void first() { run(0); }
-  void second() { run(1); }
-  void take_result() {
-    const int64_t H = shape.hidden;
-    call.dz.narrow(1, H, H).copy_(dz.narrow(1, H, H));
-    call.grad_h0.select(0, 1).copy_(dstate);
+  void first() {
+    Tensor state = call.grad_h0.select(0, 0);
+    backward_direction<T>(direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0)), call.dy,
+                          call.y, call.dz, state);
   }
+  void second() {
+    const Tensor own_dz = at::empty_like(dz);  // the helper may still be writing `dz`
+    Tensor own_dstate = call.grad_h0.select(0, 1).clone();
+    compute(own_dz, own_dstate);
+    put(own_dz, own_dstate);
+  }
+  void take_result() { put(dz, dstate); }
 
   SharedBlocks blocks{1, 1};
   std::atomic<int64_t> steps_done{0};
 
  private:
-  void run(int64_t d) {
-    Tensor state = call.grad_h0.select(0, d);
-    backward_direction<T>(direction_loop<T>(call.shape, d, relu, call.weight_hh.select(0, d)),
-                          call.dy, call.y, call.dz, state);
+  // The direction into dest_dz's columns [H, 2H) and dest_state, on whichever thread.
+  void compute(const Tensor& dest_dz, Tensor& dest_state) {
+    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dest_dz, dest_state,
+                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
+  }
+  void put(const Tensor& from_dz, const Tensor& from_state) {
+    const int64_t H = shape.hidden;
+    call.dz.narrow(1, H, H).copy_(from_dz.narrow(1, H, H));
+    call.grad_h0.select(0, 1).copy_(from_state);
   }
 
-  BackwardCall& call;      // the caller's: read by first(), second() and take_result() only
+  BackwardCall& call;      // the caller's: read on the caller only (first, second, take_result)
   const LayerShape shape;  // the helper's own copies, from here on
   const bool relu;
   const Tensor w_hh, dy, y, dz;

@@ -65,7 +65,8 @@ constexpr int64_t kMinStepsPerBlock = 8;
 
 // Steps per block of a pipelined layer of `steps` steps: a function of the shape only.
 inline int64_t steps_per_block(int64_t steps) {
-  return std::clamp(steps / kPipelineBlocks, kMinStepsPerBlock, kMaxStepsPerBlock);
+  const int64_t quarter = (steps + kPipelineBlocks - 1) / kPipelineBlocks;  // four blocks at most
+  return std::clamp(quarter, kMinStepsPerBlock, kMaxStepsPerBlock);
 }
 inline int64_t steps_per_block(const LayerShape& s) { return steps_per_block(s.layout.steps); }
 

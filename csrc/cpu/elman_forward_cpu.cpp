@@ -148,50 +148,72 @@ void project_direction(const ForwardCall& c, int64_t d, const at::Tensor& dest) 
     at::mm_out(out, c.x, w_ih_t);
 }
 
-// The reverse direction of a bidirectional layer, for both_directions: the helper projects its
-// columns and runs its recurrence in buffers of its own, from a copy of its initial state taken
-// before the caller starts. Each direction projects its own columns, on the thread that runs it:
-// one projection GEMM shared the way split_rows shares it costs a copy of the helper's rows (1 MB
-// at batch 16, hidden 256, 64 steps), and 1.14x the two-thread time of MKL's GEMM there
-// (PERFORMANCE.md, version 18).
+// The reverse direction of a bidirectional layer, for both_directions. It is computed in buffers
+// of its own, from a copy of its initial state taken before the caller starts, by the helper or,
+// if the helper has not finished, by the caller: the same operands in the same layout on either
+// thread (BLAS need not round the same for an output of another row stride or alignment), so the
+// same bits on one thread or two; then copied into the output. At register batch each direction
+// projects its own columns on the thread that runs it: one projection GEMM shared the way
+// split_rows shares it costs a copy of the helper's rows (1 MB at batch 16, hidden 256, 64 steps)
+// and came to 1.14x the two-thread time of MKL's GEMM there (PERFORMANCE.md, version 18). At BLAS
+// batch the driver's one projection GEMM on MKL's threads (`projected`) keeps every core of a
+// larger machine busy, and this direction starts from a copy of its columns.
 template <typename T>
 struct ReverseForward {
-  explicit ReverseForward(ForwardCall& c)
+  ReverseForward(ForwardCall& c, bool projected)
       : call(c),
+        projected(projected),
         relu(c.relu),
         shape(c.shape),
         w_hh(weight_hh(c.weights, c.shape, 1).alias()),  // not the parameter itself: see below
         projection(projection_inputs(c)),
-        out(at::empty({c.shape.layout.total_rows, c.shape.hidden}, c.out.options())),
+        out(fresh_columns()),
         state(c.h_n.select(0, 1).clone()) {}
 
   void help() {
     if (blocks.claim() != 0) return;
-    project_direction(projection, 1, out);
-    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), out, state,
-                         [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
+    compute(out, state);
     blocks.finish(0);
   }
-  void first() { run(0); }
-  void second() { run(1); }
-  void take_result() {
-    call.out.narrow(1, shape.hidden, shape.hidden).copy_(out);
-    call.h_n.select(0, 1).copy_(state);
+  void first() {
+    const int64_t H = shape.hidden;
+    if (!projected) project_direction(call, 0, call.out.narrow(1, 0, H));
+    at::Tensor h = call.h_n.select(0, 0);
+    forward_direction<T>(direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0)),
+                         call.out, h);
   }
+  void second() {
+    const at::Tensor own_out = fresh_columns();  // the helper may still be writing `out`
+    at::Tensor own_state = call.h_n.select(0, 1).clone();
+    compute(own_out, own_state);
+    put(own_out, own_state);
+  }
+  void take_result() { put(out, state); }
 
   SharedBlocks blocks{1, 1};
   std::atomic<int64_t> steps_done{0};
 
  private:
-  void run(int64_t d) {
-    project_direction(call, d, call.out.narrow(1, d * shape.hidden, shape.hidden));
-    at::Tensor h = call.h_n.select(0, d);
-    forward_direction<T>(
-        direction_loop<T>(call.shape, d, relu, weight_hh(call.weights, call.shape, d)), call.out,
-        h);
+  // This direction's columns (N, H) to compute in: a copy of its projection when the driver made
+  // it, else uninitialized. Reads the call's output: on the caller only.
+  at::Tensor fresh_columns() const {
+    const int64_t H = call.shape.hidden;
+    return projected ? call.out.narrow(1, H, H).clone(at::MemoryFormat::Contiguous)
+                     : at::empty({call.shape.layout.total_rows, H}, call.out.options());
+  }
+  // The direction into dest (N, H) and dest_state, on whichever thread.
+  void compute(const at::Tensor& dest, at::Tensor& dest_state) {
+    if (!projected) project_direction(projection, 1, dest);
+    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), dest, dest_state,
+                         [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
+  }
+  void put(const at::Tensor& columns, const at::Tensor& last_state) {
+    call.out.narrow(1, shape.hidden, shape.hidden).copy_(columns);
+    call.h_n.select(0, 1).copy_(last_state);
   }
 
-  ForwardCall& call;  // the caller's: read by first(), second() and take_result() only
+  ForwardCall& call;  // the caller's: read on the caller only (first, second, take_result)
+  const bool projected;
   const bool relu;
   const LayerShape shape;  // the helper's own copies, from here on
 
@@ -221,6 +243,7 @@ void project(ForwardCall& c) {
 
 void forward_loop(ForwardCall& c) {
   const LayerShape& s = c.shape;
+  const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
     auto run = [&](int64_t d, const auto& before_step) {
       const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d));
@@ -228,8 +251,9 @@ void forward_loop(ForwardCall& c) {
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
     if (s.directions == 2) {
-      both_directions(std::make_shared<ReverseForward<scalar_t>>(c),
-                      s.layout.steps);  // each projects
+      const bool projected = !use_register_kernel(L);  // one GEMM on MKL's threads
+      if (projected) c.project(0, L.total_rows);
+      both_directions(std::make_shared<ReverseForward<scalar_t>>(c, projected), L.steps);
       return;
     }
     if (!pipelined(s)) {

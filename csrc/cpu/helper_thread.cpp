@@ -121,9 +121,14 @@ std::atomic<int64_t> offers_made{0};
 // thread (0 when none is): inside the guard, at::get_num_threads() answers 1.
 thread_local int threads_outside_guard = 0;
 
-// The child of a fork has no worker thread, and the parent's mutex may have been held at the fork:
-// start afresh (the old Worker is left as it is, never touched again).
-void forget_worker_in_child() { worker.store(new Worker); }
+// The child of a fork has no worker thread, the parent's mutex may have been held at the fork, and
+// calls in flight on the parent's other threads are not the child's: start afresh (the old Worker
+// is left as it is, never touched again).
+void forget_worker_in_child() {
+  worker.store(new Worker);
+  calls_in_flight.store(0);  // the parent's other threads' calls do not run here
+  last_activity_ns.store(0);
+}
 
 }  // namespace
 

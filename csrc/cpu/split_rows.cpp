@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "helper_thread.h"
@@ -63,8 +64,11 @@ struct Split {
 
   // Helper: blocks from the last down, into buffers of its own, until it meets the caller.
   void help() {
-    for (int64_t j = blocks.claim_from_back(); j >= 0; j = blocks.claim_from_back()) {
+    for (;;) {
+      // Stored before the claim, so that the caller never reads an earlier block's time.
       last_claim.store(Clock::now().time_since_epoch().count(), std::memory_order_release);
+      const int64_t j = blocks.claim_from_back();
+      if (j < 0) break;
       Tensors dest = make(b.rows_of(j));
       fn(b.first(j), b.rows_of(j), dest);
       results[j] = std::move(dest);  // the caller reads it only after finish()
@@ -79,6 +83,7 @@ struct Split {
   std::vector<Tensors> results;        // [j]: block j's, when the helper computed it
   std::atomic<int64_t> last_claim{0};  // when the helper claimed its latest block (Clock ticks)
 };
+static_assert(std::is_same_v<Clock::rep, int64_t>, "Split::last_claim holds Clock ticks");
 
 // Where a block's result is: in the caller's destination for it, or in the helper's buffers.
 struct BlockResult {
@@ -87,13 +92,13 @@ struct BlockResult {
 };
 
 // Waits while the helper is computing block j, its latest, until it would finish it at the
-// caller's pace: its claim time plus one block of the caller's, and a quarter more. The two threads
-// start their last blocks at about the same time, so a running helper finishes its own about when
-// the caller would have finished computing it again, and computing it again wasted the helper's
-// share (the caller recomputed the helper's last block in most calls at batch 16, hidden 256, 64
-// steps: PERFORMANCE.md, version 17). A helper that claimed its block too recently to be half
-// done, or long ago and stopped (preempted on a busy machine), is given up on at once: the wait
-// is at most about half a block.
+// caller's pace: its claim time plus one block of the caller's (its fastest), and a quarter more.
+// The two threads start their last blocks at about the same time, so a running helper finishes its
+// own about when the caller would have finished computing it again, and computing it again wasted
+// the helper's share (the caller recomputed the helper's last block in most calls at batch 16,
+// hidden 256, 64 steps: PERFORMANCE.md, version 17). A helper that claimed its block too recently
+// to be half done, or long ago and stopped (preempted on a busy machine), is given up on at once:
+// the wait is at most about half a block.
 void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto claimed = Clock::time_point(Clock::duration(split.last_claim.load()));
   const auto until = claimed + block_time + block_time / 4;
@@ -126,16 +131,18 @@ std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
   const CloseOnExit close(split->blocks);
   offer_to_helper([split] { split->help(); });
   int64_t j = 0;
-  auto block_time = Clock::duration::zero();  // the caller's last block
+  // The caller's fastest block: a block during which the caller itself was preempted must not
+  // make it wait longer for the helper.
+  auto block_time = Clock::duration::max();
   for (; j < b.count && split->blocks.claim_free(j); ++j) {
     const auto start = Clock::now();
     compute(j);
-    block_time = Clock::now() - start;
+    block_time = std::min(block_time, Clock::now() - start);
   }
   // Blocks [j, count) are the helper's, finished except perhaps block j, which it started last:
   // take the finished ones first, giving it the most time.
   for (int64_t i = b.count - 1; i >= j; --i) {
-    if (i == j) wait_a_block(*split, i, block_time);
+    if (i == j && block_time != Clock::duration::max()) wait_a_block(*split, i, block_time);
     if (split->blocks.take(i))
       results[i] = {std::move(split->results[i]), true};  // the helper no longer touches it
     else

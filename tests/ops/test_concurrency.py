@@ -53,6 +53,8 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
     # one direction, batch <= 32, 32-127 steps, blocks of at least 2^22 multiply-adds: pipelined
     # in four blocks of 12 steps
     "short_pipelined": (dict(input_size=256, hidden_size=128), 48, 16, torch.float32),
+    # ... and a number of steps four does not divide: blocks of 10, 10, 10 and 7 steps
+    "short_pipelined_odd": (dict(input_size=256, hidden_size=128), 37, 16, torch.float32),
     # one direction, batch <= 32, fewer than 32 steps: projection and dX in row blocks shared
     # with the helper (split_rows.h), three blocks each here
     "split_rows": (dict(input_size=256, hidden_size=128), 24, 16, torch.float32),
@@ -196,14 +198,25 @@ def packed_pipelined_call(module, seqs: list[torch.Tensor], h0: torch.Tensor):
     ]
 
 
-@pytest.mark.parametrize("name", [*CONFIGS, "pipelined_packed"])
+# Packed single-direction layers at small batch, pipelined: (config, sequence lengths). The short
+# one has 45 steps (four blocks of 12) and sequences ending inside every block.
+PACKED: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "pipelined_packed": (dict(input_size=4, hidden_size=33), (200, 131, 170, 140, 199)),
+    "short_pipelined_packed": (
+        dict(input_size=256, hidden_size=128),
+        (45, 44, 40, 37, 36, 33, 30, 25, 24, 20, 13, 12, 11, 5, 2, 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", [*CONFIGS, *PACKED])
 def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
-    if name == "pipelined_packed":
-        config, dtype = dict(input_size=4, hidden_size=33), torch.float32
+    if name in PACKED:
+        (config, lengths), dtype = PACKED[name], torch.float32
         theirs, ours = rnn_pair(dtype=dtype, **config)
         gen = torch.Generator().manual_seed(3)
-        seqs = [torch.randn(n, 4, generator=gen) for n in (200, 131, 170, 140, 199)]
-        h0 = torch.randn(1, 5, 33, generator=gen)
+        seqs = [torch.randn(n, config["input_size"], generator=gen) for n in lengths]
+        h0 = torch.randn(1, len(lengths), config["hidden_size"], generator=gen)
         call = lambda module: packed_pipelined_call(module, seqs, h0)  # noqa: E731
     else:
         config, _, _, dtype = CONFIGS[name]
