@@ -71,9 +71,9 @@ inline int64_t steps_per_block(int64_t steps) {
 inline int64_t steps_per_block(const LayerShape& s) { return steps_per_block(s.layout.steps); }
 
 // The least projection work (multiply-adds) of a block of a short pipelined sequence (fewer than
-// four blocks of 32 steps): below it, four GEMMs cost more than one on a single thread (8% at batch
-// 8, hidden 128, 48 steps), and such a layer shares its one projection GEMM with the helper in
-// blocks of rows instead (split_rows.h). Measured: PERFORMANCE.md, version 18.
+// four blocks of 32 steps): below it, four GEMMs cost more than one on a single thread (8%-20% at
+// batch 8, hidden 128, 48 steps), and such a layer shares its one projection GEMM with the helper
+// in blocks of rows instead (split_rows.h). Measured: PERFORMANCE.md, version 18.
 constexpr int64_t kMinShortBlockFmas = int64_t{1} << 22;
 
 // Whether a layer's GEMMs are pipelined with its recurrence on a second thread (step_blocks.h): one
