@@ -133,7 +133,7 @@ void wait_while_worthwhile(const Aside& aside, int64_t steps, std::chrono::nanos
   auto since = Clock::now();
   int64_t done_since = aside.steps_done.load(std::memory_order_acquire);
   for (int64_t spins = 1; aside.blocks.in_progress(0); ++spins) {
-    spin_pause(1);  // a pause, never a yield: the wait is short
+    cpu_pause();  // never a yield: the wait is short
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
     if (now - since < window) continue;

@@ -16,9 +16,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
+#include "step_blocks.h"
 
 // MKL's per-thread thread count (torch's x86 builds link MKL and export it), by its C name: the
 // lower-case symbol is the Fortran entry, which takes a pointer. Weak, so that a torch without MKL
@@ -72,9 +70,7 @@ bool spin_for_task(Worker* w) {
     if (spins % 64 == 0 && calls_in_flight.load(std::memory_order_acquire) == 0 &&
         now_ns() > last_activity_ns.load(std::memory_order_acquire) + kSpinBeforeSleepNs)
       return false;
-#if defined(__x86_64__) || defined(_M_X64)
-    _mm_pause();
-#endif
+    cpu_pause();
   }
 }
 

@@ -13,10 +13,6 @@
 #include "helper_thread.h"
 #include "step_blocks.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
-
 namespace rnnkern::cpu {
 namespace {
 
@@ -105,9 +101,7 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   if (until - Clock::now() > block_time / 2) return;  // not half done, even at the caller's pace
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     if (spins % 64 == 0 && Clock::now() > until) return;
-#if defined(__x86_64__) || defined(_M_X64)
-    _mm_pause();
-#endif
+    cpu_pause();
   }
 }
 

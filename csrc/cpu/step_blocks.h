@@ -31,14 +31,19 @@
 
 namespace rnnkern::cpu {
 
-inline void spin_pause(int64_t spins) {
-  if (spins % 64 == 0) {
-    std::this_thread::yield();  // an oversubscribed machine: let the others run
-  } else {
+// One turn of a short busy wait: a hint to the core that this thread is spinning.
+inline void cpu_pause() {
 #if defined(__x86_64__) || defined(_M_X64)
-    _mm_pause();
+  _mm_pause();
 #endif
-  }
+}
+
+// One turn of a longer wait, yielding the core now and then.
+inline void spin_pause(int64_t spins) {
+  if (spins % 64 == 0)
+    std::this_thread::yield();  // an oversubscribed machine: let the others run
+  else
+    cpu_pause();
 }
 
 inline int64_t block_count(int64_t steps, int64_t steps_per_block) {
