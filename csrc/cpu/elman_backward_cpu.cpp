@@ -65,8 +65,7 @@ struct BlockGradients {
       : k(kernels<T>()),
         on_kernel(blocks_on_kernel(c.shape)),
         call(inputs_only(c)),
-        ones(static_cast<size_t>(cpu::steps_per_block(c.shape) * c.shape.layout.batch), T(1)),
-        steps_per_block(cpu::steps_per_block(c.shape)) {}
+        ones(static_cast<size_t>(cpu::steps_per_block(c.shape) * c.shape.layout.batch), T(1)) {}
 
   // The flattened size of one block's gradients: dW_ih (H, I), dW_hh (H, H), db (H).
   int64_t size() const {
@@ -74,11 +73,12 @@ struct BlockGradients {
     return H * (call.shape.input_size + H + 1);
   }
   int64_t steps() const { return call.shape.layout.steps; }
+  int64_t steps_per_block() const { return cpu::steps_per_block(call.shape); }
 
   // A buffer for one block's gradients, or for one block's rows of previous states.
   at::Tensor block_buffer() const { return at::empty({size()}, call.x.options()); }
   at::Tensor prev_buffer() const {
-    const int64_t rows = steps_per_block * call.shape.layout.batch;
+    const int64_t rows = steps_per_block() * call.shape.layout.batch;
     return at::empty({rows, call.shape.hidden}, call.x.options());
   }
 
@@ -149,9 +149,6 @@ struct BlockGradients {
   const bool on_kernel;
   const BackwardCall call;
   const std::vector<T> ones;  // the bias gradient's row of ones: a block's rows at most
-
- public:
-  const int64_t steps_per_block;
 };
 
 // The weight gradients in blocks of steps_per_block() steps, which the helper computes
@@ -166,7 +163,7 @@ struct GradientsBehind {
 
   explicit GradientsBehind(const BackwardCall& c)
       : gradients(c),
-        blocks(block_count(c.shape.layout.steps, gradients.steps_per_block), kSlots),
+        blocks(block_count(c.shape.layout.steps, gradients.steps_per_block()), kSlots),
         slots(at::empty({kSlots, gradients.size()}, c.x.options())),
         helper_prev(gradients.prev_buffer()),
         caller_prev(gradients.prev_buffer()),
@@ -206,7 +203,7 @@ struct GradientsBehind {
 
  private:
   std::pair<int64_t, int64_t> steps_of(int64_t j) const {
-    const int64_t S = gradients.steps_per_block, steps = gradients.steps();
+    const int64_t S = gradients.steps_per_block(), steps = gradients.steps();
     return {std::max<int64_t>(0, steps - (j + 1) * S), steps - j * S};
   }
   T* slot(int64_t j) { return slots.data_ptr<T>() + blocks.slot(j) * gradients.size(); }
@@ -256,12 +253,10 @@ void split_weight_gradients(BackwardCall& c) {
 void split_input_gradient(BackwardCall& c) {
   const LayerShape& s = c.shape;
   if (!c.need_input || !use_register_kernel(s.layout)) return;  // the driver computes dX
-  const int64_t DH = s.directions * s.hidden;
   c.grad_input = at::empty({s.layout.total_rows, s.input_size}, c.x.options());
-  split_rows({c.grad_input}, DH * s.input_size,
-             [dz = c.dz, w_ih = c.weight_ih.reshape({DH, s.input_size})](
-                 int64_t first, int64_t rows, std::vector<Tensor>& dest) {
-               at::mm_out(dest[0], dz.narrow(0, first, rows), w_ih);
+  split_rows({c.grad_input}, s.directions * s.hidden * s.input_size,
+             [call = without_outputs(c)](int64_t first, int64_t rows, std::vector<Tensor>& dest) {
+               call.input_gradient_into(first, rows, dest[0]);
              });
 }
 
@@ -291,7 +286,12 @@ struct ReverseBackward {
     backward_direction<T>(direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0)), call.dy,
                           call.y, call.dz, state);
   }
-  void second() {
+  void second(bool buffers_free) {
+    if (buffers_free) {
+      compute(dz, dstate);
+      put(dz, dstate);
+      return;
+    }
     const Tensor own_dz = at::empty_like(dz);  // the helper may still be writing `dz`
     Tensor own_dstate = call.grad_h0.select(0, 1).clone();
     compute(own_dz, own_dstate);
@@ -348,7 +348,7 @@ void backward_loop(BackwardCall& c) {
     if (helper_available()) offer_to_helper([behind] { behind->help(); });
     std::vector<scalar_t> sums(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
     int64_t added = 0;
-    const int64_t S = behind->gradients.steps_per_block;
+    const int64_t S = behind->gradients.steps_per_block();
     recur(0, [&](int64_t t) {
       if ((L.steps - t) % S == 0 || t == 0) {
         const int64_t finished = (L.steps - 1 - t) / S + 1;

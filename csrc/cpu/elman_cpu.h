@@ -149,12 +149,15 @@ void wait_while_worthwhile(const Aside& aside, int64_t steps, std::chrono::nanos
 // buffers of its own (`aside`, shared with its task, which may outlive the call) while the caller
 // runs the first; then the caller copies the helper's result back or, if the helper has not
 // finished (after wait_while_worthwhile), runs the second direction itself. Aside provides help()
-// (compute on the helper), first() and second() (compute in place, on the caller), take_result()
-// (copy the helper's result back), a SharedBlocks `blocks` of one block and an atomic
-// `steps_done` the helper advances step by step.
+// (compute on the helper), first() (compute in place, on the caller), second(buffers_free) (compute
+// on the caller, in the aside's own buffers when the helper never started, which it then never
+// will, else in fresh ones, and copy the result back), take_result() (copy the helper's result
+// back), a SharedBlocks `blocks` of one block and an atomic `steps_done` the helper advances step
+// by step.
 template <typename Aside>
 void both_directions(const std::shared_ptr<Aside>& aside, int64_t steps) {
   const SingleThreaded single_threaded;  // each direction's BLAS steps: as on the helper
+  bool helper_never_started = false;
   {
     const CloseOnExit close(aside->blocks);
     aside->blocks.ready(1);
@@ -162,12 +165,13 @@ void both_directions(const std::shared_ptr<Aside>& aside, int64_t steps) {
     const auto start = std::chrono::steady_clock::now();
     aside->first();
     wait_while_worthwhile(*aside, steps, std::chrono::steady_clock::now() - start);
-    if (aside->blocks.take(0)) {
+    helper_never_started = aside->blocks.claim_free(0);
+    if (!helper_never_started && aside->blocks.take(0)) {
       aside->take_result();
       return;
     }
   }
-  aside->second();
+  aside->second(helper_never_started);
 }
 
 }  // namespace rnnkern::cpu

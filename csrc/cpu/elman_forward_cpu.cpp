@@ -136,18 +136,6 @@ struct ProjectionAhead {
   const at::Tensor slots;  // kSlots blocks of rows
 };
 
-// Direction d's columns of the input projection, x W_ih[d]^T + (b_ih[d] + b_hh[d]), into dest
-// (N, H): a buffer, or that direction's columns of the output.
-void project_direction(const ForwardCall& c, int64_t d, const at::Tensor& dest) {
-  const int64_t H = c.shape.hidden;
-  const at::Tensor w_ih_t = c.w_ih_t.narrow(1, d * H, H);
-  at::Tensor out = dest;
-  if (c.bias)
-    at::addmm_out(out, c.bias->narrow(0, d * H, H), c.x, w_ih_t);
-  else
-    at::mm_out(out, c.x, w_ih_t);
-}
-
 // The reverse direction of a bidirectional layer, for both_directions. It is computed in buffers
 // of its own, from a copy of its initial state taken before the caller starts, by the helper or,
 // if the helper has not finished, by the caller: the same operands in the same layout on either
@@ -177,12 +165,17 @@ struct ReverseForward {
   }
   void first() {
     const int64_t H = shape.hidden;
-    if (!projected) project_direction(call, 0, call.out.narrow(1, 0, H));
+    if (!projected) call.project_direction_into(0, call.out.narrow(1, 0, H));
     at::Tensor h = call.h_n.select(0, 0);
     forward_direction<T>(direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0)),
                          call.out, h);
   }
-  void second() {
+  void second(bool buffers_free) {
+    if (buffers_free) {
+      compute(out, state);
+      put(out, state);
+      return;
+    }
     const at::Tensor own_out = fresh_columns();  // the helper may still be writing `out`
     at::Tensor own_state = call.h_n.select(0, 1).clone();
     compute(own_out, own_state);
@@ -203,7 +196,7 @@ struct ReverseForward {
   }
   // The direction into dest (N, H) and dest_state, on whichever thread.
   void compute(const at::Tensor& dest, at::Tensor& dest_state) {
-    if (!projected) project_direction(projection, 1, dest);
+    if (!projected) projection.project_direction_into(1, dest);
     forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), dest, dest_state,
                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
   }
@@ -220,7 +213,7 @@ struct ReverseForward {
   // w_hh is an alias, never the caller's parameter tensor itself: a finished task lives until the
   // next offer, and a second handle to a parameter stops torch's swap_tensors (module.to()).
   const at::Tensor w_hh;
-  const ForwardCall projection;  // what project_direction reads, without the call's outputs
+  const ForwardCall projection;  // what the projection reads, without the call's outputs
   const at::Tensor out;
   at::Tensor state;
 };

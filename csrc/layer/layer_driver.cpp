@@ -25,11 +25,21 @@ void ForwardCall::project(int64_t first_row, int64_t rows) const {
 }
 
 void ForwardCall::project_into(int64_t first_row, int64_t rows, Tensor dest) const {
+  project_columns(first_row, rows, 0, w_ih_t.size(1), dest);
+}
+
+void ForwardCall::project_direction_into(int64_t d, Tensor dest) const {
+  project_columns(0, shape.layout.total_rows, d * shape.hidden, shape.hidden, dest);
+}
+
+void ForwardCall::project_columns(int64_t first_row, int64_t rows, int64_t first_column,
+                                  int64_t columns, Tensor& dest) const {
   const Tensor xr = x.narrow(0, first_row, rows);
+  const Tensor w = w_ih_t.narrow(1, first_column, columns);
   if (bias)
-    at::addmm_out(dest, *bias, xr, w_ih_t);
+    at::addmm_out(dest, bias->narrow(0, first_column, columns), xr, w);
   else
-    at::mm_out(dest, xr, w_ih_t);
+    at::mm_out(dest, xr, w);
 }
 
 std::tuple<Tensor, Tensor> run_forward(const char* op, c10::DeviceType device, const Tensor& input,
@@ -97,8 +107,13 @@ void BackwardCall::block_weight_gradients(int64_t d, int64_t t_begin, int64_t t_
 
 void BackwardCall::input_gradient() {
   if (!need_input || grad_input.defined()) return;
+  grad_input = at::empty({shape.layout.total_rows, shape.input_size}, x.options());
+  input_gradient_into(0, shape.layout.total_rows, grad_input);
+}
+
+void BackwardCall::input_gradient_into(int64_t first_row, int64_t rows, Tensor dest) const {
   const int64_t DH = shape.directions * shape.hidden;
-  grad_input = at::mm(dz, weight_ih.reshape({DH, shape.input_size}));
+  at::mm_out(dest, dz.narrow(0, first_row, rows), weight_ih.reshape({DH, shape.input_size}));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> run_backward(

@@ -49,9 +49,15 @@ struct ForwardCall {
   void project(int64_t first_row, int64_t rows) const;
   // The same rows' projection written to `dest` (rows, D*H) instead.
   void project_into(int64_t first_row, int64_t rows, at::Tensor dest) const;
+  // Direction d's columns of every row's projection, written to `dest` (N, H).
+  void project_direction_into(int64_t d, at::Tensor dest) const;
 
   at::Tensor w_ih_t;               // (I, D*H): both directions' W_ih, transposed
   std::optional<at::Tensor> bias;  // (D*H): b_ih + b_hh, when the layer has biases
+
+ private:
+  void project_columns(int64_t first_row, int64_t rows, int64_t first_column, int64_t columns,
+                       at::Tensor& dest) const;
 };
 
 // One backward call, as the device's loop sees it.
@@ -94,6 +100,8 @@ struct BackwardCall {
 
   // grad_input = dZ W_ih, when asked for (once dZ is complete).
   void input_gradient();
+  // Rows [first_row, first_row + rows) of dZ W_ih, written to `dest` (rows, I).
+  void input_gradient_into(int64_t first_row, int64_t rows, at::Tensor dest) const;
 
  private:
   // The operands of one block's weight gradients: dZ^T (H, rows), X (rows, I) and, when the
