@@ -13,6 +13,7 @@
 #include <ATen/ops/rnn_relu.h>
 #include <ATen/ops/rnn_tanh.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -21,6 +22,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/elman_cpu.h"
 #include "cpu/helper_thread.h"
 #include "records_autograd.h"
 
@@ -75,6 +77,19 @@ Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_
   std::optional<cpu::SingleThreaded> single_threaded;
   if (first.is_cpu()) single_threaded.emplace();
   return at::stack({first, weights[per_direction + role]});
+}
+
+// The gradient of an output autograd left undefined (the output or h_n unused): zeros shaped like
+// `like`. Made here rather than by autograd (ElmanLayer does not materialize them) so that on the
+// CPU they are made the way the call runs (cpu::single_threaded_call): zeroing more than 32k
+// elements is otherwise an OpenMP team, whose closing barrier a busy machine makes wait, and whose
+// second thread then spins on the core the helper thread would use (a training step at batch 64,
+// hidden 1024 whose h_n is unused: PERFORMANCE.md, version 19).
+Tensor zeros_if_undefined(const Tensor& grad, const Tensor& like, const Tensor& hx) {
+  if (grad.defined()) return grad;
+  std::optional<cpu::SingleThreaded> single_threaded;
+  if (like.is_cpu() && cpu::single_threaded_call(hx)) single_threaded.emplace();
+  return at::zeros(like.sizes(), like.options());
 }
 
 // With create_graph=True the gradient must itself be differentiable, and elman_layer_backward has
@@ -132,6 +147,7 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
     ctx->save_for_backward(saved);
     ctx->saved_data["relu"] = relu;
     ctx->saved_data["batch_sizes"] = batch_sizes;
+    ctx->set_materialize_grads(false);  // backward makes the zeros itself: zeros_if_undefined
     return {output, h_n};
   }
 
@@ -139,6 +155,8 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<Tensor> batch_sizes = ctx->saved_data["batch_sizes"].toOptional<Tensor>();
     const bool relu = ctx->saved_data["relu"].toBool();
+    grads[0] = zeros_if_undefined(grads[0], saved[2], saved[1]);  // like the output
+    grads[1] = zeros_if_undefined(grads[1], saved[1], saved[1]);  // like h_n: hx's shape
     if (at::GradMode::is_enabled())  // create_graph=True: gradients of gradients to come
       return differentiable_gradients(ctx, grads, saved, batch_sizes, relu);
 

@@ -248,11 +248,12 @@ void split_weight_gradients(BackwardCall& c) {
   c.weight_gradients_added = true;
 }
 
-// dX = dZ W_ih at register batch, in blocks of rows shared with the helper thread (split_rows.h),
-// which never wait for each other; at BLAS batch the driver's one GEMM on MKL's threads.
+// dX = dZ W_ih in blocks of rows shared with the helper thread (split_rows.h), which never wait for
+// each other, when the call runs on the caller and the helper (on_caller_and_helper); else the
+// driver's one GEMM on MKL's threads.
 void split_input_gradient(BackwardCall& c) {
   const LayerShape& s = c.shape;
-  if (!c.need_input || !use_register_kernel(s.layout)) return;  // the driver computes dX
+  if (!c.need_input || !on_caller_and_helper(s.layout.batch)) return;  // the driver computes dX
   c.grad_input = at::empty({s.layout.total_rows, s.input_size}, c.x.options());
   split_rows({c.grad_input}, s.directions * s.hidden * s.input_size,
              [call = without_outputs(c)](int64_t first, int64_t rows, std::vector<Tensor>& dest) {
@@ -283,8 +284,8 @@ struct ReverseBackward {
   }
   void first() {
     Tensor state = call.grad_h0.select(0, 0);
-    backward_direction<T>(direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0)), call.dy,
-                          call.y, call.dz, state);
+    backward_direction<T>(direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0), split),
+                          call.dy, call.y, call.dz, state);
   }
   void second(bool buffers_free) {
     if (buffers_free) {
@@ -305,7 +306,8 @@ struct ReverseBackward {
  private:
   // The direction into dest_dz's columns [H, 2H) and dest_state, on whichever thread.
   void compute(const Tensor& dest_dz, Tensor& dest_state) {
-    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh), dy, y, dest_dz, dest_state,
+    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, split), dy, y, dest_dz,
+                          dest_state,
                           [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
   }
   void put(const Tensor& from_dz, const Tensor& from_state) {
@@ -314,7 +316,8 @@ struct ReverseBackward {
     call.grad_h0.select(0, 1).copy_(from_state);
   }
 
-  BackwardCall& call;      // the caller's: read on the caller only (first, second, take_result)
+  BackwardCall& call;  // the caller's: read on the caller only (first, second, take_result)
+  const StepSplit split = step_split(/*helper_free=*/false);  // the helper runs one direction
   const LayerShape shape;  // the helper's own copies, from here on
   const bool relu;
   const Tensor w_hh, dy, y, dz;
@@ -326,7 +329,8 @@ void backward_loop(BackwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_backward_cpu", [&] {
     auto recur = [&](int64_t d, const auto& after_step) {
-      const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d));
+      const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d),
+                                              step_split(/*helper_free=*/true));
       Tensor dstate = c.grad_h0.select(0, d);
       backward_direction<scalar_t>(p, c.dy, c.y, c.dz, dstate, after_step);
     };

@@ -45,13 +45,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
 
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
+// The most threads torch may have (as the caller set it) for a call at BLAS batch to run on its own
+// thread and the helper's alone (on_caller_and_helper): the helper is one second core, and a
+// machine given more threads runs the large GEMMs of such a call faster on MKL's whole team.
+constexpr int kMaxThreadsForHelperCalls = 2;
+
+// Whether a call runs on its own thread and the helper's, never on an OpenMP team or MKL's threads:
+// always at register batch (the recurrence runs on one core; its parallelism is the pipelines and
+// split_rows); at BLAS batch when torch has at most two threads. On the caller's thread only.
+inline bool on_caller_and_helper(int64_t batch) {
+  return use_register_kernel(batch) || caller_threads() <= kMaxThreadsForHelperCalls;
+}
+
+// How a call's steps at BLAS batch are computed (StepSplit, recurrence_cpu.h): in blocks of columns
+// when the call runs on the caller and the helper, offered to the helper when it is not busy with
+// the layer's other direction (`helper_free`); else one GEMM on MKL's threads. Depends on torch's
+// thread count being at most kMaxThreadsForHelperCalls or not, never on 1 or 2, so the blocks (and
+// the bits) are the same on one thread or two. On the caller's thread only.
+inline StepSplit step_split(bool helper_free) {
+  if (caller_threads() > kMaxThreadsForHelperCalls) return StepSplit::kWhole;
+  return helper_free ? StepSplit::kSharedColumns : StepSplit::kColumns;
+}
+
 // Direction d of a layer's time loop: the second direction is the reversed one, and its columns
 // start at d * H (or at `column`, in a buffer of the helper's own).
 template <typename T>
 DirectionLoop<T> direction_loop(const LayerShape& s, int64_t d, bool relu, const at::Tensor& w_hh,
-                                int64_t column = -1) {
-  return {kernels<T>(),     s.layout, /*reverse=*/d == 1,
-          activation(relu), w_hh,     column < 0 ? d * s.hidden : column};
+                                StepSplit split, int64_t column = -1) {
+  const int64_t first_column = column < 0 ? d * s.hidden : column;
+  return {kernels<T>(), s.layout, /*reverse=*/d == 1, activation(relu), w_hh, first_column, split};
 }
 
 // The pipelines (step_blocks.h) split a layer's steps into blocks of 32 steps (large enough that
@@ -103,18 +125,17 @@ inline bool blocks_on_kernel(const LayerShape& s) {
          kMaxKernelBlockFmas;
 }
 
-// Whether a call runs single-threaded on its own thread, the helper thread being its parallelism:
-// at register batch (the recurrence runs on one core), read off an operator's arguments before they
-// are checked (arguments that fail the checks make it false or true, harmlessly: the checks come
-// next). Its GEMMs outside the recurrence are then blocks shared with the helper (the pipelines,
-// split_rows.h), and its small ATen operations (zeroing the sums, contiguous copies)
-// single-threaded: an OpenMP team or a two-thread BLAS call ends in a barrier, which on a machine
-// busy with other programs can wait milliseconds for a thread that is not scheduled (torch.zeros of
-// 256 x 256 there: 7 us typically, 450 us on average; 16,256,64 inference 1.7x-2.3x slower on two
-// threads than on one: PERFORMANCE.md, versions 10 and 17). At BLAS batch the GEMMs per step are
-// MKL's.
+// Whether a call runs single-threaded on its own thread, the helper thread being its parallelism
+// (on_caller_and_helper), read off an operator's arguments before they are checked (arguments that
+// fail the checks make it false or true, harmlessly: the checks come next). Its GEMMs are then
+// blocks shared with the helper (the pipelines, split_rows.h), and its small ATen operations
+// (zeroing the sums, contiguous copies) single-threaded: an OpenMP team or a two-thread BLAS call
+// ends in a barrier, which on a machine busy with other programs can wait milliseconds for a
+// thread that is not scheduled (torch.zeros of 256 x 256 there: 7 us typically, 450 us on
+// average; 16,256,64 inference 1.7x-2.3x slower on two threads than on one; 64,1024,32 1.4x:
+// PERFORMANCE.md, versions 10, 17 and 19).
 inline bool single_threaded_call(const at::Tensor& hx) {
-  return hx.dim() == 3 && use_register_kernel(hx.size(1));
+  return hx.dim() == 3 && on_caller_and_helper(hx.size(1));
 }
 
 // Waits while the helper, running a bidirectional layer's second direction, would finish it sooner

@@ -4,8 +4,9 @@
 //
 // The two directions of a bidirectional layer run on two threads. A single direction at small batch
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
-// (step_blocks.h), never waiting for it; a short one shares its projection with the helper in
-// blocks of rows (split_rows.h).
+// (step_blocks.h), never waiting for it; a short one, or one at large batch, shares its projection
+// with the helper in blocks of rows (split_rows.h), and at large batch each step's GEMM in blocks
+// of columns.
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -167,8 +168,8 @@ struct ReverseForward {
     const int64_t H = shape.hidden;
     if (!projected) call.project_direction_into(0, call.out.narrow(1, 0, H));
     at::Tensor h = call.h_n.select(0, 0);
-    forward_direction<T>(direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0)),
-                         call.out, h);
+    forward_direction<T>(
+        direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0), split), call.out, h);
   }
   void second(bool buffers_free) {
     if (buffers_free) {
@@ -197,7 +198,8 @@ struct ReverseForward {
   // The direction into dest (N, H) and dest_state, on whichever thread.
   void compute(const at::Tensor& dest, at::Tensor& dest_state) {
     if (!projected) projection.project_direction_into(1, dest);
-    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, /*column=*/0), dest, dest_state,
+    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, split, /*column=*/0), dest,
+                         dest_state,
                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
   }
   void put(const at::Tensor& columns, const at::Tensor& last_state) {
@@ -207,6 +209,7 @@ struct ReverseForward {
 
   ForwardCall& call;  // the caller's: read on the caller only (first, second, take_result)
   const bool projected;
+  const StepSplit split = step_split(/*helper_free=*/false);  // the helper runs one direction
   const bool relu;
   const LayerShape shape;  // the helper's own copies, from here on
 
@@ -218,12 +221,12 @@ struct ReverseForward {
   at::Tensor state;
 };
 
-// The input projection of a one-direction layer that is not pipelined, all rows at once: at
-// register batch in blocks of rows shared with the helper thread (split_rows.h), which never wait
-// for each other; at BLAS batch one GEMM on MKL's threads.
+// The input projection of a layer that is not pipelined, all rows at once: in blocks of rows
+// shared with the helper thread (split_rows.h), which never wait for each other, when the call runs
+// on the caller and the helper (on_caller_and_helper), else one GEMM on MKL's threads.
 void project(ForwardCall& c) {
   const LayerShape& s = c.shape;
-  if (!use_register_kernel(s.layout)) {
+  if (!on_caller_and_helper(s.layout.batch)) {
     c.project(0, s.layout.total_rows);
     return;
   }
@@ -239,13 +242,14 @@ void forward_loop(ForwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
     auto run = [&](int64_t d, const auto& before_step) {
-      const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d));
+      const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d),
+                                              step_split(/*helper_free=*/true));
       at::Tensor state = c.h_n.select(0, d);
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
     if (s.directions == 2) {
-      const bool projected = !use_register_kernel(L);  // one GEMM on MKL's threads
-      if (projected) c.project(0, L.total_rows);
+      const bool projected = !use_register_kernel(L);  // one GEMM for both directions
+      if (projected) project(c);
       both_directions(std::make_shared<ReverseForward<scalar_t>>(c, projected), L.steps);
       return;
     }

@@ -6,6 +6,7 @@
 #include <omp.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 #include <atomic>
 #include <chrono>
@@ -35,6 +36,9 @@ struct Worker {
   // Tasks the helper has run, left for a caller's thread to destroy (see offer_to_helper).
   std::vector<std::function<void()>> finished;
   bool started = false;
+  // The helper thread's CPU-time clock, once it has started (helper_cpu_ns).
+  clockid_t cpu_clock{};
+  std::atomic<bool> cpu_clock_set{false};
 };
 
 // Never destroyed: the detached thread may still be using it while the process exits.
@@ -82,6 +86,8 @@ void run_tasks(Worker* w) {
   const sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
 #endif
+  if (pthread_getcpuclockid(pthread_self(), &w->cpu_clock) == 0)
+    w->cpu_clock_set.store(true, std::memory_order_release);
   const SingleThreaded single_threaded;
   // Like the caller's kernels, the tasks' ATen calls are below autograd.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -128,8 +134,18 @@ void forget_worker_in_child() {
 
 }  // namespace
 
-bool helper_available() {
-  return (threads_outside_guard > 0 ? threads_outside_guard : at::get_num_threads()) >= 2;
+int caller_threads() {
+  return threads_outside_guard > 0 ? threads_outside_guard : at::get_num_threads();
+}
+
+bool helper_available() { return caller_threads() >= 2; }
+
+int64_t helper_cpu_ns() {
+  const Worker* w = worker.load();
+  if (!w->cpu_clock_set.load(std::memory_order_acquire)) return -1;
+  timespec t{};
+  if (clock_gettime(w->cpu_clock, &t) != 0) return -1;
+  return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
 }
 
 int64_t helper_offers() { return offers_made.load(std::memory_order_relaxed); }

@@ -18,15 +18,24 @@
 // work (nothing of the parent's queue is run twice).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 
 namespace rnnkern::cpu {
+
+// torch's intra-op thread count (torch.set_num_threads, OMP_NUM_THREADS) as the caller set it: a
+// SingleThreaded guard on this thread does not count.
+int caller_threads();
 
 // Whether calls may hand work to the helper: torch's intra-op thread count (torch.set_num_threads,
 // OMP_NUM_THREADS) is at least 2, as the caller set it (a SingleThreaded guard on this thread does
 // not count). With one thread, every call does all of its work itself, in the same blocks, so
 // results are the same bits either way.
 bool helper_available();
+
+// The CPU time the helper thread has run for (ns), or -1 before it has started: a caller waiting
+// for a block the helper is computing tells from it whether the helper is running or preempted.
+int64_t helper_cpu_ns();
 
 // How many tasks calls have offered the helper since the process started, whether it took them or
 // not (for the tests: a call that should use two cores offers work; whether the helper gets to it

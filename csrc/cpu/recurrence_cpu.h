@@ -8,7 +8,10 @@
 // the kernels allow it. Two ways to do the product:
 //   - registers: the row-blocked kernel of kernels_impl.h, W_hh kept hot in L1/L2, no per-step
 //     dispatch at all. Small batches (the latency-bound case nn.RNN is worst at).
-//   - BLAS: at::addmm_/at::mm_out per step, which wins once each step is a real matrix product.
+//   - BLAS: at::addmm_/at::mm_out per step, which wins once each step is a real matrix product: on
+//     MKL's threads when the caller gave torch more than two, else in blocks of columns that the
+//     caller and the helper thread share (split_rows.h: split_columns), so that no step ever waits
+//     for a thread that is not scheduled.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,6 +25,7 @@
 #include "../layer/elman_math.h"
 #include "../layer/layer_args.h"
 #include "kernels.h"
+#include "split_rows.h"
 
 namespace rnnkern::cpu {
 
@@ -57,6 +61,12 @@ std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t w
 
 inline int64_t padded(int64_t n, int64_t width) { return (n + width - 1) / width * width; }
 
+// How a step's product is computed at BLAS batch: one GEMM (on MKL's threads, unless a
+// SingleThreaded guard is alive), or blocks of columns, offered to the helper (kSharedColumns) or
+// all computed by the caller (kColumns: the helper is busy with the layer's other direction). The
+// blocks are the same either way, so the bits are.
+enum class StepSplit { kWhole, kColumns, kSharedColumns };
+
 // One direction of one layer's time loop: what forward_direction and backward_direction read.
 template <typename T>
 struct DirectionLoop {
@@ -66,6 +76,7 @@ struct DirectionLoop {
   Activation act;
   at::Tensor w_hh;  // (H, H)
   int64_t column;   // this direction's first column in the (N, D*H) tensors: d * H
+  StepSplit split;  // at BLAS batch
 
   int64_t hidden() const { return w_hh.size(0); }
   // This direction's columns of a contiguous (N, D*H) tensor.
@@ -108,10 +119,29 @@ void forward_direction(
     const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
     const int64_t n = L.rows[t];
     before_step(t);
-    at::Tensor y = out.narrow(0, L.offset[t], n).narrow(1, p.column, H);
-    y.addmm_(state.narrow(0, 0, n), wt);
+    const at::Tensor y = out.narrow(0, L.offset[t], n).narrow(1, p.column, H);
+    const at::Tensor h = state.narrow(0, 0, n);
     T* yp = y_cols.row(L.offset[t]);
-    k.activate_rows(p.act, n, H, yp, y_cols.ld);
+    if (p.split == StepSplit::kWhole) {
+      y.addmm_(h, wt);
+      k.activate_rows(p.act, n, H, yp, y_cols.ld);
+    } else {
+      // A block of columns: its projection, plus h @ W_hh^T's columns, activated.
+      split_columns(
+          {y}, n * H,
+          [kernels = &k, act = p.act, y, h, wt](int64_t first, int64_t columns,
+                                                std::vector<at::Tensor>& dest) {
+            at::Tensor& block = dest[0];
+            const int64_t ld = y.stride(0);
+            T* b = block.data_ptr<T>();
+            const T* from = y.data_ptr<T>() + first;
+            for (int64_t r = 0; r < h.size(0); ++r)
+              std::memcpy(b + r * columns, from + r * ld, columns * sizeof(T));
+            block.addmm_(h, wt.narrow(1, first, columns));
+            kernels->activate_rows(act, h.size(0), columns, b, columns);
+          },
+          p.split == StepSplit::kSharedColumns);
+    }
     for (int64_t r = 0; r < n; ++r) std::memcpy(S + r * H, yp + r * y_cols.ld, H * sizeof(T));
   }
 }
@@ -138,6 +168,11 @@ void backward_direction(
                                                      H, k.width, /*transpose=*/false)
                                      : std::vector<T>();
   const int64_t w_stride = padded(H, k.width);
+  // W_hh's columns as contiguous rows, for the blocks of columns: MKL multiplied by a block of them
+  // 1.15x faster than by the same block read in place with a row stride of H (64 x 1024 by
+  // 1024 x 256, one thread: PERFORMANCE.md, version 19).
+  const at::Tensor w_t =
+      !registers && p.split != StepSplit::kWhole ? p.w_hh.t().contiguous() : at::Tensor();
   for (int64_t i = 0; i < L.steps; ++i) {
     const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/true);
     const int64_t n = L.rows[t];
@@ -148,9 +183,17 @@ void backward_direction(
     if (registers) {
       k.rows_times_matrix(Epilogue::kStore, p.act, n, dz_cols.row(first), dz_cols.ld, H, w.data(),
                           w_stride, H, dS, H);
-    } else {
+    } else if (p.split == StepSplit::kWhole) {
       at::Tensor dstate_rows = dstate.narrow(0, 0, n);
       at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, p.column, H), p.w_hh);
+    } else {
+      split_columns(
+          {dstate.narrow(0, 0, n)}, n * H,
+          [dz_rows = dz.narrow(0, first, n).narrow(1, p.column, H), w_t](
+              int64_t first_column, int64_t columns, std::vector<at::Tensor>& dest) {
+            at::mm_out(dest[0], dz_rows, w_t.narrow(0, first_column, columns).t());
+          },
+          p.split == StepSplit::kSharedColumns);
     }
   }
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -27,14 +28,16 @@ using Tensors = std::vector<at::Tensor>;
 constexpr int64_t kBlockWork = int64_t{1} << 22;
 constexpr int64_t kMaxBlocks = 4;
 
-// The blocks of `total` rows: one when the whole is small, else blocks of at least kBlockWork
-// multiply-adds, at most kMaxBlocks of them. Depends on the shape alone.
+// The blocks of `total` rows (or columns): one when the whole is small, else blocks of at least
+// `least` multiply-adds, at most kMaxBlocks of them, each a multiple of `multiple` rows when there
+// are that many. Depends on the shape alone.
 struct RowBlocks {
-  RowBlocks(int64_t total, int64_t work_per_row) : total(total) {
+  RowBlocks(int64_t total, int64_t work_per_row, int64_t least = kBlockWork, int64_t multiple = 1)
+      : total(total) {
     const int64_t work = total * work_per_row;
-    const int64_t blocks =
-        total <= 1 || work < 2 * kBlockWork ? 1 : std::min(kMaxBlocks, work / kBlockWork);
+    const int64_t blocks = total <= 1 || work < 2 * least ? 1 : std::min(kMaxBlocks, work / least);
     rows = std::max<int64_t>((total + blocks - 1) / blocks, 1);
+    if (rows > multiple) rows = (rows + multiple - 1) / multiple * multiple;
     count = block_count(total, rows);
   }
   int64_t first(int64_t j) const { return j * rows; }
@@ -42,6 +45,13 @@ struct RowBlocks {
 
   int64_t total, rows, count;
 };
+
+// A step's blocks of columns: one GEMM of (rows x H) by (H x columns) each. Blocks of at least
+// kStepBlockWork multiply-adds (about 20 us of one core) keep a block's fixed costs (an ATen GEMM
+// call, the hand-off) to a few percent of it; columns in multiples of 16, 64 bytes of float.
+// Measured: PERFORMANCE.md, version 19.
+constexpr int64_t kStepBlockWork = int64_t{1} << 21;
+constexpr int64_t kColumnMultiple = 16;
 
 using Clock = std::chrono::steady_clock;
 
@@ -65,9 +75,11 @@ struct Split {
       last_claim.store(Clock::now().time_since_epoch().count(), std::memory_order_release);
       const int64_t j = blocks.claim_from_back();
       if (j < 0) break;
+      const auto start = Clock::now();
       Tensors dest = make(b.rows_of(j));
       fn(b.first(j), b.rows_of(j), dest);
       results[j] = std::move(dest);  // the caller reads it only after finish()
+      ticks_per_row.store((Clock::now() - start).count() / b.rows_of(j), std::memory_order_release);
       blocks.finish(j);
     }
   }
@@ -76,8 +88,9 @@ struct Split {
   const RowBlocks b;
   const MakeBuffers make;
   SharedBlocks blocks;
-  std::vector<Tensors> results;        // [j]: block j's, when the helper computed it
-  std::atomic<int64_t> last_claim{0};  // when the helper claimed its latest block (Clock ticks)
+  std::vector<Tensors> results;           // [j]: block j's, when the helper computed it
+  std::atomic<int64_t> last_claim{0};     // when the helper claimed its latest block (Clock ticks)
+  std::atomic<int64_t> ticks_per_row{0};  // the helper's pace over its latest finished block
 };
 static_assert(std::is_same_v<Clock::rep, int64_t>, "Split::last_claim holds Clock ticks");
 
@@ -87,21 +100,43 @@ struct BlockResult {
   bool by_helper = false;
 };
 
-// Waits while the helper is computing block j, its latest, until it would finish it at the
-// caller's pace: its claim time plus one block of the caller's (its fastest), and a quarter more.
-// The two threads start their last blocks at about the same time, so a running helper finishes its
-// own about when the caller would have finished computing it again, and computing it again wasted
-// the helper's share (the caller recomputed the helper's last block in most calls at batch 16,
-// hidden 256, 64 steps: PERFORMANCE.md, version 17). A helper that claimed its block too recently
-// to be half done, or long ago and stopped (preempted on a busy machine), is given up on at once:
-// the wait is at most about half a block.
+// How often a caller waiting for the helper checks that the helper is running (helper_cpu_ns):
+// a few scheduler ticks' worth of nothing is then noticed within this.
+constexpr auto kRunningCheck = std::chrono::microseconds(20);
+
+// Waits while the helper is computing block j, its latest, and would still finish it sooner than
+// the caller could compute it again:
+//   - not at all when, at the helper's own pace (over the block it finished last, else at the
+//     caller's fastest block), and a quarter more, it would finish later than one of the caller's
+//     blocks from now;
+//   - else while the helper is running (its CPU time advances by at least half the time that
+//     passes, checked every kRunningCheck), for at most one of the caller's blocks.
+// A preempted helper (a busy machine) is so given up on within kRunningCheck, while a running one
+// that is a little slower than its pace is waited for: computing its block again wastes its share
+// (with a fixed deadline at the caller's pace, the caller recomputed a block in a fifth of the
+// steps at batch 64, hidden 1024, whose helper blocks ran 5% to 15% slower than the caller's
+// fastest: PERFORMANCE.md, version 19). Without the helper's CPU clock, the deadline is its pace.
 void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto claimed = Clock::time_point(Clock::duration(split.last_claim.load()));
-  const auto until = claimed + block_time + block_time / 4;
-  if (until - Clock::now() > block_time / 2) return;  // not half done, even at the caller's pace
+  const int64_t per_row = split.ticks_per_row.load(std::memory_order_acquire);
+  const auto pace = per_row > 0 ? Clock::duration(per_row * split.b.rows_of(j)) : block_time;
+  const auto due = claimed + pace + pace / 4;
+  const auto start = Clock::now();
+  if (due - start > block_time) return;  // sooner computed again than waited for
+  auto since = start;
+  int64_t cpu_since = helper_cpu_ns();
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
-    if (spins % 64 == 0 && Clock::now() > until) return;
     cpu_pause();
+    if (spins % 64 != 0) continue;
+    const auto now = Clock::now();
+    if (now - start > block_time || (cpu_since < 0 && now > due)) return;
+    if (cpu_since < 0 || now - since < kRunningCheck) continue;
+    const int64_t cpu = helper_cpu_ns();
+    const int64_t passed =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
+    if (cpu - cpu_since < passed / 2) return;  // not running: preempted
+    since = now;
+    cpu_since = cpu;
   }
 }
 
@@ -111,13 +146,14 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
 // (wait_a_block).
 template <class CallerDest>
 std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
-                                    const MakeBuffers& make, const CallerDest& caller_dest) {
+                                    const MakeBuffers& make, const CallerDest& caller_dest,
+                                    bool offer = true) {
   std::vector<BlockResult> results(b.count);
   auto compute = [&](int64_t j) {
     results[j].tensors = caller_dest(j);
     fn(b.first(j), b.rows_of(j), results[j].tensors);
   };
-  if (b.count <= 1 || !helper_available()) {
+  if (b.count <= 1 || !offer || !helper_available()) {
     for (int64_t j = 0; j < b.count; ++j) compute(j);
     return results;
   }
@@ -193,6 +229,36 @@ void split_sum(const Tensors& sums, int64_t rows, int64_t work_per_row, const Ro
   for (size_t k = 0; k < sums.size(); ++k) {
     if (results[0].by_helper) sums[k].copy_(results[0].tensors[k]);
     for (int64_t j = 1; j < b.count; ++j) sums[k].add_(results[j].tensors[k]);
+  }
+}
+
+void split_columns(const Tensors& outs, int64_t work_per_column, const RowBlockFn& fn, bool offer) {
+  const SingleThreaded single_threaded;  // each block: as on the helper
+  const int64_t rows = outs.front().size(0);
+  const RowBlocks b(outs.front().size(1), work_per_column, kStepBlockWork, kColumnMultiple);
+  const MakeBuffers make = [shapes = shapes_of(outs)](int64_t columns) {
+    Tensors buffers;
+    for (auto [sizes, options] : shapes) {
+      sizes[1] = columns;
+      buffers.push_back(at::empty(sizes, options));
+    }
+    return buffers;
+  };
+  const std::vector<BlockResult> results =
+      run_blocks(b, fn, make, [&](int64_t j) { return make(b.rows_of(j)); }, offer);
+  // Back into the outputs row by row (an ATen copy per block would cost more than the copying).
+  for (size_t k = 0; k < outs.size(); ++k) {
+    const at::Tensor& out = outs[k];
+    TORCH_INTERNAL_ASSERT(out.dim() == 2 && out.stride(1) == 1);
+    const int64_t size = out.element_size();
+    char* base = static_cast<char*>(out.data_ptr());
+    for (int64_t j = 0; j < b.count; ++j) {
+      const int64_t columns = b.rows_of(j);
+      const char* from = static_cast<const char*>(results[j].tensors[k].data_ptr());
+      for (int64_t r = 0; r < rows; ++r)
+        std::memcpy(base + (r * out.stride(0) + b.first(j)) * size, from + r * columns * size,
+                    columns * size);
+    }
   }
 }
 

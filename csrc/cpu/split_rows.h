@@ -1,6 +1,7 @@
-// A large GEMM-like computation split into blocks of output rows that the caller and the helper
-// thread (helper_thread.h) share, so that the layer's GEMMs outside the time loop use both cores
-// without ever waiting for the second one, and round the same on one thread or two.
+// A large GEMM-like computation split into blocks of output rows (or, for one step of a recurrence
+// at large batch, of columns) that the caller and the helper thread (helper_thread.h) share, so
+// that the layer's GEMMs use both cores without ever waiting for the second one, and round the
+// same on one thread or two.
 //
 // Why not BLAS's own threads: a BLAS call on two threads ends in a barrier, so on a machine busy
 // with other programs the caller waits a scheduler time slice for a thread that is not running
@@ -40,5 +41,15 @@ void split_rows(const std::vector<at::Tensor>& outs, int64_t work_per_row, const
 // over every step and row): each block packs only its own rows of both operands.
 void split_sum(const std::vector<at::Tensor>& sums, int64_t rows, int64_t work_per_row,
                const RowBlockFn& fn);
+
+// One step of a recurrence at BLAS batch (recurrence_cpu.h), in blocks of columns shared with the
+// helper thread: fills columns [0, C) of every tensor of `outs` (row-major views with unit column
+// stride, all C columns wide) with fn(first, columns, dest), which writes a block's columns of
+// every output into `dest`, fresh contiguous buffers (rows, columns), on either thread: every block
+// is computed in buffers alike, so BLAS rounds it the same whichever thread computes it. The
+// blocks depend on C and work_per_column alone (one when the step is small); with `offer` false
+// (the helper is busy with the call's other direction) the caller computes them all.
+void split_columns(const std::vector<at::Tensor>& outs, int64_t work_per_column,
+                   const RowBlockFn& fn, bool offer);
 
 }  // namespace rnnkern::cpu

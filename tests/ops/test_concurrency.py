@@ -9,7 +9,8 @@ so what Python threads calling one module at the same time do to them is worth c
   match torch.nn.RNN with the same weights;
 * the same inputs give bitwise-identical outputs and gradients from run to run, and with
   torch.set_num_threads(1) or (2), for the pipelined single-direction small-batch layers (batch
-  <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence), and for
+  <= 32, >= 128 steps), bidirectional layers and batch > 32 (the BLAS recurrence, its steps in
+  blocks of columns), and for
   the cell at a batch where its weight gradients are BLAS sums over the batch;
 * a call that raised (in the module's checks or in the C++ operator) in another thread leaves the
   module, and the kernels, working;
@@ -58,8 +59,18 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
     # one direction, batch <= 32, fewer than 32 steps: projection and dX in row blocks shared
     # with the helper (split_rows.h), three blocks each here
     "split_rows": (dict(input_size=256, hidden_size=128), 24, 16, torch.float32),
-    # batch > 32: addmm_ per step
+    # batch > 32: one GEMM per step (a single block of columns: the step is small)
     "large_batch": (dict(input_size=6, hidden_size=32, num_layers=2), 20, 40, torch.float32),
+    # batch > 32, each step's GEMM in two blocks of 160 columns shared with the helper
+    # (split_rows.h: split_columns), the projection and dX in four blocks of rows
+    "column_blocks": (dict(input_size=256, hidden_size=320), 6, 48, torch.float32),
+    # ... and two directions, each computing its steps' blocks on its own thread
+    "column_blocks_bidirectional": (
+        dict(input_size=256, hidden_size=320, bidirectional=True),
+        5,
+        48,
+        torch.float32,
+    ),
     # batch > 32, two directions: each projects its own columns, on its own thread
     "bidirectional_large_batch": (
         dict(input_size=6, hidden_size=32, bidirectional=True),
@@ -206,6 +217,11 @@ PACKED: dict[str, tuple[dict, tuple[int, ...]]] = {
         dict(input_size=256, hidden_size=128),
         (45, 44, 40, 37, 36, 33, 30, 25, 24, 20, 13, 12, 11, 5, 2, 1),
     ),
+    # batch > 32: steps of 60 down to 28 rows, in two blocks of columns, then one
+    "column_blocks_packed": (
+        dict(input_size=64, hidden_size=320),
+        (6,) * 28 + (5,) * 12 + (3,) * 12 + (1,) * 8,
+    ),
 }
 
 
@@ -248,6 +264,7 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
         (dict(input_size=64, hidden_size=256), 64, 40),  # weight gradients as sums of blocks
         (dict(input_size=256, hidden_size=128), 48, 16),  # short, pipelined
         (dict(input_size=256, hidden_size=128), 24, 16),  # projection and dX in row blocks
+        (dict(input_size=256, hidden_size=320), 4, 48),  # each step in blocks of columns
     ],
 )
 def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batch) -> None:
@@ -270,6 +287,23 @@ def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batc
         torch.set_num_threads(threads)
     assert all(offered[1, call] == 0 for call in range(3)), offered
     assert all(offered[2, call] >= 1 for call in range(3)), offered
+
+
+@pytest.mark.parametrize("name", ["column_blocks", "column_blocks_bidirectional"])
+def test_more_than_two_threads_at_large_batch_match_nn_rnn(name: str) -> None:
+    """With more than two threads a call at batch > 32 runs its GEMMs on MKL's whole team (one
+    GEMM per step, not blocks of columns): other roundings than on one thread or two, nn.RNN's
+    results all the same."""
+    config, _, _, dtype = CONFIGS[name]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    ((x, h0),) = make_inputs(name, 1, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        result = forward_backward(ours, x, h0)
+    finally:
+        torch.set_num_threads(threads)
+    assert_matches_nn_rnn(result, forward_backward(theirs, x, h0), dtype)
 
 
 def test_bidirectional_single_row_calls_on_two_threads_match_nn_rnn() -> None:
