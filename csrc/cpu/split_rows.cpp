@@ -189,19 +189,24 @@ Shapes shapes_of(const Tensors& ts) {
   return shapes;
 }
 
+// Fresh buffers shaped like each of `outs` but n long in dimension `dim`: a block's.
+MakeBuffers buffers_like(const Tensors& outs, size_t dim) {
+  return [shapes = shapes_of(outs), dim](int64_t n) {
+    Tensors buffers;
+    for (auto [sizes, options] : shapes) {
+      sizes[dim] = n;
+      buffers.push_back(at::empty(sizes, options));
+    }
+    return buffers;
+  };
+}
+
 }  // namespace
 
 void split_rows(const Tensors& outs, int64_t work_per_row, const RowBlockFn& fn) {
   const SingleThreaded single_threaded;  // each block: as on the helper
   const RowBlocks b(outs.front().size(0), work_per_row);
-  const MakeBuffers make = [shapes = shapes_of(outs)](int64_t rows) {
-    Tensors buffers;
-    for (auto [sizes, options] : shapes) {
-      sizes[0] = rows;
-      buffers.push_back(at::empty(sizes, options));
-    }
-    return buffers;
-  };
+  const MakeBuffers make = buffers_like(outs, /*dim=*/0);
   auto rows_of_outs = [&](int64_t j) {
     Tensors views;
     for (const at::Tensor& out : outs) views.push_back(out.narrow(0, b.first(j), b.rows_of(j)));
@@ -236,14 +241,7 @@ void split_columns(const Tensors& outs, int64_t work_per_column, const RowBlockF
   const SingleThreaded single_threaded;  // each block: as on the helper
   const int64_t rows = outs.front().size(0);
   const RowBlocks b(outs.front().size(1), work_per_column, kStepBlockWork, kColumnMultiple);
-  const MakeBuffers make = [shapes = shapes_of(outs)](int64_t columns) {
-    Tensors buffers;
-    for (auto [sizes, options] : shapes) {
-      sizes[1] = columns;
-      buffers.push_back(at::empty(sizes, options));
-    }
-    return buffers;
-  };
+  const MakeBuffers make = buffers_like(outs, /*dim=*/1);
   const std::vector<BlockResult> results =
       run_blocks(b, fn, make, [&](int64_t j) { return make(b.rows_of(j)); }, offer);
   // Back into the outputs row by row (an ATen copy per block would cost more than the copying).
