@@ -85,11 +85,15 @@ Tensor stack_role(const std::vector<Tensor>& weights, int64_t directions, int64_
 // elements is otherwise an OpenMP team, whose closing barrier a busy machine makes wait, and whose
 // second thread then spins on the core the helper thread would use (a training step at batch 64,
 // hidden 1024 whose h_n is unused: PERFORMANCE.md, version 19).
+// Symbolic sizes (torch.compile with dynamic shapes traces this on fake tensors) are kept as they
+// are, and then decide nothing.
 Tensor zeros_if_undefined(const Tensor& grad, const Tensor& like, const Tensor& hx) {
   if (grad.defined()) return grad;
   std::optional<cpu::SingleThreaded> single_threaded;
-  if (like.is_cpu() && cpu::single_threaded_call(hx)) single_threaded.emplace();
-  return at::zeros(like.sizes(), like.options());
+  if (like.is_cpu() && !hx.unsafeGetTensorImpl()->has_symbolic_sizes_strides() &&
+      cpu::single_threaded_call(hx))
+    single_threaded.emplace();
+  return at::zeros_symint(like.sym_sizes(), like.options());
 }
 
 // With create_graph=True the gradient must itself be differentiable, and elman_layer_backward has

@@ -279,14 +279,17 @@ class RNN(nn.RNNBase):
         """Every layer on batched data (sequence-first, batch-first, or packed rows with their
         batch_sizes), from hx or zeros, after nn.RNN's checks of the shapes and devices."""
         if hx is None:
-            # One row of zeros, expanded: the layers copy their initial state anyway, and zeroing
-            # more than 32k elements is an OpenMP team of torch's threads, whose barrier a busy
-            # machine makes wait and whose second thread then spins on the core rnnkern's helper
-            # thread would use (PERFORMANCE.md, version 19).
             directions = 2 if self.bidirectional else 1
-            hx = torch.zeros(1, 1, self.hidden_size, dtype=data.dtype, device=data.device).expand(
-                self.num_layers * directions, batch, self.hidden_size
-            )
+            shape = (self.num_layers * directions, batch, self.hidden_size)
+            if data.device.type == "cpu":
+                # One row of zeros, expanded: the layers copy their initial state anyway, and
+                # zeroing more than 32k elements is an OpenMP team of torch's threads, whose
+                # barrier a busy machine makes wait and whose second thread then spins on the core
+                # rnnkern's helper thread would use (PERFORMANCE.md, version 19). Elsewhere torch's
+                # RNN may run instead (cuDNN wants a contiguous hx).
+                hx = torch.zeros(1, 1, self.hidden_size, dtype=data.dtype).expand(shape)
+            else:
+                hx = torch.zeros(shape, dtype=data.dtype, device=data.device)
         if (
             batch_sizes is not None
             or torch.jit.is_scripting()

@@ -46,9 +46,13 @@ void gather_previous(const BackwardCall& c, int64_t d, int64_t t_begin, int64_t 
 
 // The call as a helper's task may keep it, after the call has returned: without the call's outputs
 // (autograd hands an output gradient nobody else holds to .grad as it is, and copies one that is
-// held elsewhere).
+// held elsewhere), and with aliases of its inputs rather than the caller's tensors: the weights
+// come as views autograd made of the parameters, which keep the parameter itself alive, and a
+// second handle to a parameter stops torch's swap_tensors (module.to()) until the next offer.
 BackwardCall without_outputs(BackwardCall c) {
   c.grad_w_ih = c.grad_w_hh = c.grad_bias = c.grad_h0 = c.grad_input = Tensor();
+  for (Tensor* t : {&c.weight_ih, &c.weight_hh, &c.x, &c.y, &c.dy, &c.h0, &c.dz})
+    if (t->defined()) *t = t->alias();
   return c;
 }
 

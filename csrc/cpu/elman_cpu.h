@@ -58,13 +58,14 @@ inline bool on_caller_and_helper(int64_t batch) {
 }
 
 // How a call's steps at BLAS batch are computed (StepSplit, recurrence_cpu.h): in blocks of columns
-// when the call runs on the caller and the helper, offered to the helper when it is not busy with
-// the layer's other direction (`helper_free`); else one GEMM on MKL's threads. Depends on torch's
-// thread count being at most kMaxThreadsForHelperCalls or not, never on 1 or 2, so the blocks (and
-// the bits) are the same on one thread or two. On the caller's thread only.
+// shared with the helper when the call runs on the caller and the helper and the helper is not
+// busy with the layer's other direction (`helper_free`); else one GEMM, single-threaded while the
+// helper runs the other direction (both_directions' guard: the same bits on either thread, and the
+// same on one thread or two), on MKL's threads otherwise. Depends on torch's thread count being at
+// most kMaxThreadsForHelperCalls or not, never on 1 or 2. On the caller's thread only.
 inline StepSplit step_split(bool helper_free) {
-  if (caller_threads() > kMaxThreadsForHelperCalls) return StepSplit::kWhole;
-  return helper_free ? StepSplit::kSharedColumns : StepSplit::kColumns;
+  return helper_free && caller_threads() <= kMaxThreadsForHelperCalls ? StepSplit::kColumns
+                                                                      : StepSplit::kWhole;
 }
 
 // Direction d of a layer's time loop: the second direction is the reversed one, and its columns

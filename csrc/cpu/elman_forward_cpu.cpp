@@ -145,8 +145,9 @@ struct ProjectionAhead {
 // projects its own columns on the thread that runs it: one projection GEMM shared the way
 // split_rows shares it costs a copy of the helper's rows (1 MB at batch 16, hidden 256, 64 steps)
 // and came to 1.14x the two-thread time of MKL's GEMM there (PERFORMANCE.md, version 18). At BLAS
-// batch the driver's one projection GEMM on MKL's threads (`projected`) keeps every core of a
-// larger machine busy, and this direction starts from a copy of its columns.
+// batch one projection serves both directions (`projected`: row blocks shared with the helper on
+// two threads, MKL's whole team on more, which keeps a larger machine's cores busy), and this
+// direction starts from a copy of its columns.
 template <typename T>
 struct ReverseForward {
   ReverseForward(ForwardCall& c, bool projected)
@@ -248,7 +249,7 @@ void forward_loop(ForwardCall& c) {
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };
     if (s.directions == 2) {
-      const bool projected = !use_register_kernel(L);  // one GEMM for both directions
+      const bool projected = !use_register_kernel(L);  // one projection for both directions
       if (projected) project(c);
       both_directions(std::make_shared<ReverseForward<scalar_t>>(c, projected), L.steps);
       return;

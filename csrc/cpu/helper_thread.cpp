@@ -86,8 +86,10 @@ void run_tasks(Worker* w) {
   const sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
 #endif
+#if defined(__linux__)
   if (pthread_getcpuclockid(pthread_self(), &w->cpu_clock) == 0)
     w->cpu_clock_set.store(true, std::memory_order_release);
+#endif
   const SingleThreaded single_threaded;
   // Like the caller's kernels, the tasks' ATen calls are below autograd.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;

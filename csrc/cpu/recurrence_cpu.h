@@ -62,10 +62,8 @@ std::vector<T> padded_matrix(const T* src, int64_t rows, int64_t cols, int64_t w
 inline int64_t padded(int64_t n, int64_t width) { return (n + width - 1) / width * width; }
 
 // How a step's product is computed at BLAS batch: one GEMM (on MKL's threads, unless a
-// SingleThreaded guard is alive), or blocks of columns, offered to the helper (kSharedColumns) or
-// all computed by the caller (kColumns: the helper is busy with the layer's other direction). The
-// blocks are the same either way, so the bits are.
-enum class StepSplit { kWhole, kColumns, kSharedColumns };
+// SingleThreaded guard is alive), or blocks of columns shared with the helper thread.
+enum class StepSplit { kWhole, kColumns };
 
 // One direction of one layer's time loop: what forward_direction and backward_direction read.
 template <typename T>
@@ -126,21 +124,20 @@ void forward_direction(
       y.addmm_(h, wt);
       k.activate_rows(p.act, n, H, yp, y_cols.ld);
     } else {
-      // A block of columns: its projection, plus h @ W_hh^T's columns, activated.
-      split_columns(
-          {y}, n * H,
-          [kernels = &k, act = p.act, y, h, wt](int64_t first, int64_t columns,
-                                                std::vector<at::Tensor>& dest) {
-            at::Tensor& block = dest[0];
-            const int64_t ld = y.stride(0);
-            T* b = block.data_ptr<T>();
-            const T* from = y.data_ptr<T>() + first;
-            for (int64_t r = 0; r < h.size(0); ++r)
-              std::memcpy(b + r * columns, from + r * ld, columns * sizeof(T));
-            block.addmm_(h, wt.narrow(1, first, columns));
-            kernels->activate_rows(act, h.size(0), columns, b, columns);
-          },
-          p.split == StepSplit::kSharedColumns);
+      // A block of columns: its projection, plus h @ W_hh^T's columns, activated. The task holds
+      // views of the call's output and state: a helper still computing a block the caller took
+      // over may read them after the call has returned (they stay allocated), and its result is
+      // dropped.
+      auto block = [kernels = &k, act = p.act, y, h, wt](int64_t first, int64_t columns,
+                                                         std::vector<at::Tensor>& dest) {
+        T* b = dest[0].data_ptr<T>();
+        const T* projection = y.data_ptr<T>() + first;
+        for (int64_t r = 0; r < h.size(0); ++r)
+          std::memcpy(b + r * columns, projection + r * y.stride(0), columns * sizeof(T));
+        dest[0].addmm_(h, wt.narrow(1, first, columns));
+        kernels->activate_rows(act, h.size(0), columns, b, columns);
+      };
+      split_columns({y}, n * H, block);
     }
     for (int64_t r = 0; r < n; ++r) std::memcpy(S + r * H, yp + r * y_cols.ld, H * sizeof(T));
   }
@@ -187,13 +184,11 @@ void backward_direction(
       at::Tensor dstate_rows = dstate.narrow(0, 0, n);
       at::mm_out(dstate_rows, dz.narrow(0, first, n).narrow(1, p.column, H), p.w_hh);
     } else {
-      split_columns(
-          {dstate.narrow(0, 0, n)}, n * H,
-          [dz_rows = dz.narrow(0, first, n).narrow(1, p.column, H), w_t](
-              int64_t first_column, int64_t columns, std::vector<at::Tensor>& dest) {
-            at::mm_out(dest[0], dz_rows, w_t.narrow(0, first_column, columns).t());
-          },
-          p.split == StepSplit::kSharedColumns);
+      auto block = [dz_rows = dz.narrow(0, first, n).narrow(1, p.column, H), w_t](
+                       int64_t first_column, int64_t columns, std::vector<at::Tensor>& dest) {
+        at::mm_out(dest[0], dz_rows, w_t.narrow(0, first_column, columns).t());
+      };
+      split_columns({dstate.narrow(0, 0, n)}, n * H, block);
     }
   }
 }

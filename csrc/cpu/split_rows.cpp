@@ -104,32 +104,34 @@ struct BlockResult {
 // a few scheduler ticks' worth of nothing is then noticed within this.
 constexpr auto kRunningCheck = std::chrono::microseconds(20);
 
-// Waits while the helper is computing block j, its latest, and would still finish it sooner than
-// the caller could compute it again:
-//   - not at all when, at the helper's own pace (over the block it finished last, else at the
-//     caller's fastest block), and a quarter more, it would finish later than one of the caller's
-//     blocks from now;
+// Waits while the helper is computing block j, its latest, and would finish it well before the
+// caller could compute it again:
+//   - not at all when, at the helper's own pace (over the block it finished last in this split,
+//     else at the caller's fastest block), and a quarter more, it would finish later than half of
+//     one of the caller's blocks from now;
 //   - else while the helper is running (its CPU time advances by at least half the time that
-//     passes, checked every kRunningCheck), for at most one of the caller's blocks.
+//     passes, checked every kRunningCheck), for at most half of one of the caller's blocks.
 // A preempted helper (a busy machine) is so given up on within kRunningCheck, while a running one
 // that is a little slower than its pace is waited for: computing its block again wastes its share
 // (with a fixed deadline at the caller's pace, the caller recomputed a block in a fifth of the
 // steps at batch 64, hidden 1024, whose helper blocks ran 5% to 15% slower than the caller's
-// fastest: PERFORMANCE.md, version 19). Without the helper's CPU clock, the deadline is its pace.
+// fastest: PERFORMANCE.md, version 19). A helper that runs but slowly (a core shared with another
+// thread) costs the caller at most half a block per split. Without the helper's CPU clock, the
+// wait ends at the helper's due time.
 void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto claimed = Clock::time_point(Clock::duration(split.last_claim.load()));
   const int64_t per_row = split.ticks_per_row.load(std::memory_order_acquire);
   const auto pace = per_row > 0 ? Clock::duration(per_row * split.b.rows_of(j)) : block_time;
   const auto due = claimed + pace + pace / 4;
   const auto start = Clock::now();
-  if (due - start > block_time) return;  // sooner computed again than waited for
+  if (due - start > block_time / 2) return;  // not worth waiting for
   auto since = start;
   int64_t cpu_since = helper_cpu_ns();
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     cpu_pause();
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
-    if (now - start > block_time || (cpu_since < 0 && now > due)) return;
+    if (now - start > block_time / 2 || (cpu_since < 0 && now > due)) return;
     if (cpu_since < 0 || now - since < kRunningCheck) continue;
     const int64_t cpu = helper_cpu_ns();
     const int64_t passed =
@@ -142,18 +144,16 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
 
 // Every block of b computed once, the caller's into caller_dest(j), the helper's (taking blocks
 // from the last down) into buffers of make's. The helper never waits; the caller waits for the
-// helper's last block only while a helper at its own pace would still be computing it
-// (wait_a_block).
+// helper's last block only while the helper is running and about to finish it (wait_a_block).
 template <class CallerDest>
 std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
-                                    const MakeBuffers& make, const CallerDest& caller_dest,
-                                    bool offer = true) {
+                                    const MakeBuffers& make, const CallerDest& caller_dest) {
   std::vector<BlockResult> results(b.count);
   auto compute = [&](int64_t j) {
     results[j].tensors = caller_dest(j);
     fn(b.first(j), b.rows_of(j), results[j].tensors);
   };
-  if (b.count <= 1 || !offer || !helper_available()) {
+  if (b.count <= 1 || !helper_available()) {
     for (int64_t j = 0; j < b.count; ++j) compute(j);
     return results;
   }
@@ -237,13 +237,13 @@ void split_sum(const Tensors& sums, int64_t rows, int64_t work_per_row, const Ro
   }
 }
 
-void split_columns(const Tensors& outs, int64_t work_per_column, const RowBlockFn& fn, bool offer) {
+void split_columns(const Tensors& outs, int64_t work_per_column, const RowBlockFn& fn) {
   const SingleThreaded single_threaded;  // each block: as on the helper
   const int64_t rows = outs.front().size(0);
   const RowBlocks b(outs.front().size(1), work_per_column, kStepBlockWork, kColumnMultiple);
   const MakeBuffers make = buffers_like(outs, /*dim=*/1);
   const std::vector<BlockResult> results =
-      run_blocks(b, fn, make, [&](int64_t j) { return make(b.rows_of(j)); }, offer);
+      run_blocks(b, fn, make, [&](int64_t j) { return make(b.rows_of(j)); });
   // Back into the outputs row by row (an ATen copy per block would cost more than the copying).
   for (size_t k = 0; k < outs.size(); ++k) {
     const at::Tensor& out = outs[k];

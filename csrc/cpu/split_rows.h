@@ -11,8 +11,8 @@
 // single-threaded GEMM: the caller computes them from the first up into the outputs, the helper
 // from the last down into buffers of its own; where the two meet, the caller takes what the helper
 // has finished and computes itself what it has not (step_blocks.h, claim_free/claim_from_back),
-// after waiting for the block the helper is on only while a helper at the caller's pace would still
-// be computing it.
+// after waiting for the block the helper is on only while the helper is running and would finish
+// it within half a block (split_rows.cpp, wait_a_block).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -45,11 +45,11 @@ void split_sum(const std::vector<at::Tensor>& sums, int64_t rows, int64_t work_p
 // One step of a recurrence at BLAS batch (recurrence_cpu.h), in blocks of columns shared with the
 // helper thread: fills columns [0, C) of every tensor of `outs` (row-major views with unit column
 // stride, all C columns wide) with fn(first, columns, dest), which writes a block's columns of
-// every output into `dest`, fresh contiguous buffers (rows, columns), on either thread: every block
-// is computed in buffers alike, so BLAS rounds it the same whichever thread computes it. The
-// blocks depend on C and work_per_column alone (one when the step is small); with `offer` false
-// (the helper is busy with the call's other direction) the caller computes them all.
+// every output into `dest`, fresh contiguous buffers (rows, columns) on either thread (not views of
+// the outputs, as in split_rows): every block is computed in buffers alike, so BLAS rounds it the
+// same whichever thread computes it. The blocks depend on C and work_per_column alone (one when
+// the step is small).
 void split_columns(const std::vector<at::Tensor>& outs, int64_t work_per_column,
-                   const RowBlockFn& fn, bool offer);
+                   const RowBlockFn& fn);
 
 }  // namespace rnnkern::cpu

@@ -94,6 +94,30 @@ def test_dynamic_sequence_lengths_compile_once():
     assert backend.graphs <= 2, f"compiled {backend.graphs} times for 5 sequence lengths"
 
 
+def test_dynamic_shapes_training_with_an_output_unused():
+    """A compiled training step that uses only the output, or only h_n, with dynamic shapes, gets
+    nn.RNN's gradients (an unused output's gradient is zeros, whoever makes them)."""
+    torch._dynamo.reset()
+    theirs, ours = rnn_pair(input_size=3, hidden_size=8, num_layers=2)
+    for pick in (0, 1):
+        compiled = torch.compile(
+            lambda x, pick=pick: ours(x)[pick].tanh().sum(),
+            fullgraph=True,
+            dynamic=True,
+            backend="aot_eager",
+        )
+        for steps, batch in ((5, 2), (9, 3)):
+            x = torch.randn(steps, batch, 3, requires_grad=True)
+            ours.zero_grad()
+            theirs.zero_grad()
+            compiled(x).backward()
+            x_ref = x.detach().requires_grad_()
+            theirs(x_ref)[pick].tanh().sum().backward()
+            assert_close(x.grad, x_ref.grad, GRAD_TOL[torch.float32], f"output {pick}: input grad")
+            for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+                assert_close(p.grad, q.grad, GRAD_TOL[torch.float32], f"output {pick}: {name}")
+
+
 def train(model: nn.Module, steps: int, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for _ in range(steps):

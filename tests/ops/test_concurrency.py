@@ -64,7 +64,7 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
     # batch > 32, each step's GEMM in two blocks of 160 columns shared with the helper
     # (split_rows.h: split_columns), the projection and dX in four blocks of rows
     "column_blocks": (dict(input_size=256, hidden_size=320), 6, 48, torch.float32),
-    # ... and two directions, each computing its steps' blocks on its own thread
+    # ... and two directions, one on each thread, each step one single-threaded GEMM
     "column_blocks_bidirectional": (
         dict(input_size=256, hidden_size=320, bidirectional=True),
         5,
@@ -304,6 +304,31 @@ def test_more_than_two_threads_at_large_batch_match_nn_rnn(name: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert_matches_nn_rnn(result, forward_backward(theirs, x, h0), dtype)
+
+
+@pytest.mark.parametrize("name", ["column_blocks", "split_rows"])
+def test_module_to_with_swap_after_calls_that_offered_work(name: str) -> None:
+    """module.to() with swap_tensors after a training step whose GEMMs were shared with the helper:
+    a finished helper task lives until the next offer, and one holding a view autograd made of a
+    parameter (which keeps the parameter itself) made the swap fail."""
+    config, seq_len, batch, dtype = CONFIGS[name]
+    _, ours = rnn_pair(dtype=dtype, **config)
+    x = torch.randn(seq_len, batch, config["input_size"], dtype=dtype)
+    threads = torch.get_num_threads()
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    try:
+        torch.set_num_threads(2)
+        before = rnnkern._C.helper_offers()
+        out, h_n = ours(x)
+        (out.sum() + h_n.sum()).backward()
+        assert rnnkern._C.helper_offers() > before
+        del out, h_n
+        torch.__future__.set_swap_module_params_on_conversion(True)
+        ours.to(torch.float64)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
+        torch.set_num_threads(threads)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
 
 
 def test_bidirectional_single_row_calls_on_two_threads_match_nn_rnn() -> None:
