@@ -102,6 +102,8 @@ PYBIND11_MODULE(_C, module) {
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
   module.def("helper_offers", &rnnkern::cpu::helper_offers,
              "How many tasks the CPU kernels' helper thread has been offered in this process.");
+  module.def("helper_float_control", &rnnkern::cpu::helper_float_control,
+             "The floating-point control (x86 MXCSR) the helper thread ran its latest task under.");
   module.def(
       "check_layer_args",
       [](const at::Tensor& input, const at::Tensor& hx, const std::vector<at::Tensor>& weights,

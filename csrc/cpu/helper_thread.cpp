@@ -17,6 +17,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 #include "step_blocks.h"
 
 // MKL's per-thread thread count (torch's x86 builds link MKL and export it), by its C name: the
@@ -27,10 +31,38 @@ extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 namespace rnnkern::cpu {
 namespace {
 
+// The calling thread's floating-point control (x86's MXCSR: the rounding mode, and the
+// flush-to-zero and denormals-are-zero flags that torch.set_flush_denormal sets on the calling
+// thread only), which the helper takes on for each task it runs: a block must compute the same
+// bits on either thread, denormals included.
+unsigned float_control() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return _mm_getcsr();
+#else
+  return 0;
+#endif
+}
+void set_float_control(unsigned control) {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_setcsr(control);
+#else
+  (void)control;
+#endif
+}
+
+// A task and the floating-point control of the thread that offered it.
+struct Task {
+  std::function<void()> run;
+  unsigned float_control;
+};
+
+// The floating-point control the helper ran its latest task under (helper_float_control).
+std::atomic<unsigned> latest_task_control{0};
+
 struct Worker {
   std::mutex mutex;
   std::condition_variable wake;
-  std::deque<std::function<void()>> tasks;
+  std::deque<Task> tasks;
   std::atomic<size_t> queued{0};  // tasks.size(), for the helper's spin outside the lock
   bool sleeping = false;          // the helper waits on `wake` (guarded by mutex)
   // Tasks the helper has run, left for a caller's thread to destroy (see offer_to_helper).
@@ -95,7 +127,7 @@ void run_tasks(Worker* w) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
 
   for (;;) {
-    std::function<void()> task;
+    Task task;
     spin_for_task(w);
     {
       std::unique_lock<std::mutex> lock(w->mutex);
@@ -107,14 +139,16 @@ void run_tasks(Worker* w) {
       w->queued.store(w->tasks.size(), std::memory_order_release);
     }
     try {
-      task();
+      set_float_control(task.float_control);
+      latest_task_control.store(float_control(), std::memory_order_relaxed);
+      task.run();
     } catch (...) {
       // The caller computes whatever a failed task left unfinished, and meets the error itself if
       // it is not the helper's alone.
     }
     last_activity_ns.store(now_ns(), std::memory_order_release);
     const std::lock_guard<std::mutex> lock(w->mutex);
-    w->finished.push_back(std::move(task));
+    w->finished.push_back(std::move(task.run));
   }
 }
 
@@ -150,6 +184,8 @@ int64_t helper_cpu_ns() {
   return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
 }
 
+unsigned helper_float_control() { return latest_task_control.load(std::memory_order_relaxed); }
+
 int64_t helper_offers() { return offers_made.load(std::memory_order_relaxed); }
 
 bool offer_to_helper(std::function<void()> task) {
@@ -171,7 +207,7 @@ bool offer_to_helper(std::function<void()> task) {
     if (!lock.owns_lock()) return false;
     finished.swap(w->finished);
     if (w->tasks.size() >= kMaxPending) return false;
-    w->tasks.push_back(std::move(task));
+    w->tasks.push_back({std::move(task), float_control()});
     w->queued.store(w->tasks.size(), std::memory_order_release);
     asleep = w->sleeping;
 

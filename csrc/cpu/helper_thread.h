@@ -37,6 +37,10 @@ bool helper_available();
 // for a block the helper is computing tells from it whether the helper is running or preempted.
 int64_t helper_cpu_ns();
 
+// The floating-point control (x86's MXCSR; 0 elsewhere) the helper ran its latest task under: the
+// control of the thread that offered it (for the tests).
+unsigned helper_float_control();
+
 // How many tasks calls have offered the helper since the process started, whether it took them or
 // not (for the tests: a call that should use two cores offers work; whether the helper gets to it
 // depends on the machine's load).

@@ -23,6 +23,7 @@ A thread that never finishes (a deadlocked hand-off) fails the test after a time
 from __future__ import annotations
 
 import copy
+import platform
 import subprocess
 import sys
 import threading
@@ -329,6 +330,36 @@ def test_module_to_with_swap_after_calls_that_offered_work(name: str) -> None:
         torch.__future__.set_swap_module_params_on_conversion(previous)
         torch.set_num_threads(threads)
     assert all(p.dtype == torch.float64 for p in ours.parameters())
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86's MXCSR only")
+def test_helper_runs_tasks_under_the_callers_denormal_flushing() -> None:
+    """torch.set_flush_denormal sets the calling thread's floating-point control only (x86 MXCSR:
+    flush-to-zero, bit 15, and denormals-are-zero, bit 6); the helper's blocks must flush as the
+    caller's do, or a block would round differently on the helper."""
+    flags = 0x8000 | 0x0040
+    config, seq_len, batch, dtype = CONFIGS["column_blocks"]
+    _, ours = rnn_pair(dtype=dtype, **config)
+    ((x, h0),) = make_inputs("column_blocks", 1, seed=7)
+    threads = torch.get_num_threads()
+    seen = {}
+    try:
+        torch.set_num_threads(2)
+        for flush in (True, False, True):
+            if not torch.set_flush_denormal(flush):
+                pytest.skip("this CPU cannot flush denormals")
+            seen[flush] = []
+            for _ in range(50):  # until the helper has run one of this setting's tasks
+                with torch.no_grad():
+                    ours(x, h0)
+                seen[flush].append(rnnkern._C.helper_float_control() & flags)
+                if seen[flush][-1] == (flags if flush else 0):
+                    break
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    assert seen[True][-1] == flags, seen
+    assert seen[False][-1] == 0, seen
 
 
 def test_bidirectional_single_row_calls_on_two_threads_match_nn_rnn() -> None:
