@@ -288,8 +288,9 @@ struct ReverseBackward {
   }
   void first() {
     Tensor state = call.grad_h0.select(0, 0);
-    backward_direction<T>(direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0), split),
-                          call.dy, call.y, call.dz, state);
+    backward_direction<T>(
+        direction_loop<T>(shape, 0, relu, call.weight_hh.select(0, 0), StepSplit::kWhole), call.dy,
+        call.y, call.dz, state);
   }
   void second(bool buffers_free) {
     if (buffers_free) {
@@ -310,8 +311,8 @@ struct ReverseBackward {
  private:
   // The direction into dest_dz's columns [H, 2H) and dest_state, on whichever thread.
   void compute(const Tensor& dest_dz, Tensor& dest_state) {
-    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, split), dy, y, dest_dz,
-                          dest_state,
+    backward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, StepSplit::kWhole), dy, y,
+                          dest_dz, dest_state,
                           [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
   }
   void put(const Tensor& from_dz, const Tensor& from_state) {
@@ -320,8 +321,7 @@ struct ReverseBackward {
     call.grad_h0.select(0, 1).copy_(from_state);
   }
 
-  BackwardCall& call;  // the caller's: read on the caller only (first, second, take_result)
-  const StepSplit split = step_split(/*helper_free=*/false);  // the helper runs one direction
+  BackwardCall& call;      // the caller's: read on the caller only (first, second, take_result)
   const LayerShape shape;  // the helper's own copies, from here on
   const bool relu;
   const Tensor w_hh, dy, y, dz;
@@ -333,8 +333,7 @@ void backward_loop(BackwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_backward_cpu", [&] {
     auto recur = [&](int64_t d, const auto& after_step) {
-      const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d),
-                                              step_split(/*helper_free=*/true));
+      const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d), step_split());
       Tensor dstate = c.grad_h0.select(0, d);
       backward_direction<scalar_t>(p, c.dy, c.y, c.dz, dstate, after_step);
     };

@@ -57,15 +57,15 @@ inline bool on_caller_and_helper(int64_t batch) {
   return use_register_kernel(batch) || caller_threads() <= kMaxThreadsForHelperCalls;
 }
 
-// How a call's steps at BLAS batch are computed (StepSplit, recurrence_cpu.h): in blocks of columns
-// shared with the helper when the call runs on the caller and the helper and the helper is not
-// busy with the layer's other direction (`helper_free`); else one GEMM, single-threaded while the
-// helper runs the other direction (both_directions' guard: the same bits on either thread, and the
-// same on one thread or two), on MKL's threads otherwise. Depends on torch's thread count being at
-// most kMaxThreadsForHelperCalls or not, never on 1 or 2. On the caller's thread only.
-inline StepSplit step_split(bool helper_free) {
-  return helper_free && caller_threads() <= kMaxThreadsForHelperCalls ? StepSplit::kColumns
-                                                                      : StepSplit::kWhole;
+// How a single-direction call's steps at BLAS batch are computed (StepSplit, recurrence_cpu.h): in
+// blocks of columns shared with the helper when the call runs on the caller and the helper, else
+// one GEMM on MKL's threads. Depends on torch's thread count being at most
+// kMaxThreadsForHelperCalls or not, never on 1 or 2. On the caller's thread only. The two
+// directions of a bidirectional layer (both_directions) take StepSplit::kWhole instead: the helper
+// runs one of them, and under both_directions' guard each step is one single-threaded GEMM, the
+// same bits on either thread, and on one thread or two.
+inline StepSplit step_split() {
+  return caller_threads() <= kMaxThreadsForHelperCalls ? StepSplit::kColumns : StepSplit::kWhole;
 }
 
 // Direction d of a layer's time loop: the second direction is the reversed one, and its columns

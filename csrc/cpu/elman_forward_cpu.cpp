@@ -7,10 +7,8 @@
 // (step_blocks.h), never waiting for it; a short one, or one at large batch, shares its projection
 // with the helper in blocks of rows (split_rows.h), and at large batch each step's GEMM in blocks
 // of columns.
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstring>
@@ -170,7 +168,8 @@ struct ReverseForward {
     if (!projected) call.project_direction_into(0, call.out.narrow(1, 0, H));
     at::Tensor h = call.h_n.select(0, 0);
     forward_direction<T>(
-        direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0), split), call.out, h);
+        direction_loop<T>(shape, 0, relu, weight_hh(call.weights, shape, 0), StepSplit::kWhole),
+        call.out, h);
   }
   void second(bool buffers_free) {
     if (buffers_free) {
@@ -199,8 +198,8 @@ struct ReverseForward {
   // The direction into dest (N, H) and dest_state, on whichever thread.
   void compute(const at::Tensor& dest, at::Tensor& dest_state) {
     if (!projected) projection.project_direction_into(1, dest);
-    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, split, /*column=*/0), dest,
-                         dest_state,
+    forward_direction<T>(direction_loop<T>(shape, 1, relu, w_hh, StepSplit::kWhole, /*column=*/0),
+                         dest, dest_state,
                          [this](int64_t) { steps_done.fetch_add(1, std::memory_order_release); });
   }
   void put(const at::Tensor& columns, const at::Tensor& last_state) {
@@ -210,7 +209,6 @@ struct ReverseForward {
 
   ForwardCall& call;  // the caller's: read on the caller only (first, second, take_result)
   const bool projected;
-  const StepSplit split = step_split(/*helper_free=*/false);  // the helper runs one direction
   const bool relu;
   const LayerShape shape;  // the helper's own copies, from here on
 
@@ -243,8 +241,8 @@ void forward_loop(ForwardCall& c) {
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
     auto run = [&](int64_t d, const auto& before_step) {
-      const auto p = direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d),
-                                              step_split(/*helper_free=*/true));
+      const auto p =
+          direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d), step_split());
       at::Tensor state = c.h_n.select(0, d);
       forward_direction<scalar_t>(p, c.out, state, before_step);
     };

@@ -169,7 +169,7 @@ void backward_direction(
   // 1.15x faster than by the same block read in place with a row stride of H (64 x 1024 by
   // 1024 x 256, one thread: PERFORMANCE.md, version 19).
   const at::Tensor w_t =
-      !registers && p.split != StepSplit::kWhole ? p.w_hh.t().contiguous() : at::Tensor();
+      !registers && p.split == StepSplit::kColumns ? p.w_hh.t().contiguous() : at::Tensor();
   for (int64_t i = 0; i < L.steps; ++i) {
     const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/true);
     const int64_t n = L.rows[t];

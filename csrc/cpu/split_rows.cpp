@@ -55,9 +55,10 @@ constexpr int64_t kColumnMultiple = 16;
 
 using Clock = std::chrono::steady_clock;
 
-// Fresh buffers for one block's results, given its rows. Holds shapes only, never a tensor of the
-// call's: the helper calls it, possibly after the call has returned.
-using MakeBuffers = std::function<Tensors(int64_t rows)>;
+// Fresh buffers for one block's results, given its length along the split (rows, or columns).
+// Holds shapes only, never a tensor of the call's: the helper calls it, possibly after the call has
+// returned.
+using MakeBuffers = std::function<Tensors(int64_t length)>;
 
 // One split, shared with the helper's task (which may outlive the call).
 struct Split {
