@@ -26,7 +26,9 @@ struct Kernels {
 
   // out[r, 0:n] (op)= x[r, 0:k] @ m[0:k, 0:n] for r < rows. `m` is row-major with row stride
   // m_stride >= n; nothing past column n is read. Row-blocked so each load of `m` feeds several
-  // rows of x: this is the small-batch mat-vec of the recurrence.
+  // rows of x: this is the small-batch mat-vec of the recurrence. Each element's sum over k runs in
+  // an order fixed by the shape (a block with few accumulators keeps interleaved partial sums:
+  // kernels_impl.h, partial_sums), the same on either thread.
   void (*rows_times_matrix)(Epilogue epilogue, Activation act, int64_t rows, const T* x,
                             int64_t x_stride, int64_t k, const T* m, int64_t m_stride, int64_t n,
                             T* out, int64_t out_stride);

@@ -10,35 +10,68 @@
 // short). With kPartialLast, the last of the C vectors holds fewer than W of them and is loaded
 // masked, so nothing past column `valid` of m is read (m need not be padded). With kTransposedX, x
 // is given transposed: row r's element i at x[i * x_stride + r].
+//
+// A block of fewer accumulators than the FMAs a core keeps in flight (batch 1 at hidden 48 or less
+// on AVX-512: R = 1, C <= 3) would be chains of k dependent FMAs with the FMA unit idle in between;
+// there each accumulator is kSums independent sums instead, term i going to sum i % kSums, added
+// in a fixed order at the end. The order depends on R and C alone, so a block computes the same
+// bits on either thread. With x transposed (the weight gradients, whose blocks of rows may differ
+// between calls that are compared) the sum runs over i in order, as documented in kernels.h.
+template <int R, int C, bool kTransposedX>
+constexpr int partial_sums() {
+  // Four chains: this machine's AVX-512 cores behave as one 512-bit FMA unit of four cycles'
+  // latency. Measured (PERFORMANCE.md, versions 13 and 20): at hidden 64 (four chains) two sums
+  // gained nothing; at hidden 32 (two chains) they took the step from 0.106 to 0.09 us.
+  constexpr int kChains = 4;
+  if (kTransposedX || R * C >= kChains) return 1;
+  return R * C * 2 >= kChains ? 2 : 4;
+}
+
 template <class V, int R, int C, bool kPartialLast = false, bool kTransposedX = false>
 inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x,
                          int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
                          typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
   using Reg = typename V::Reg;
   constexpr int W = V::kWidth;
-  Reg acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+  constexpr int kSums = partial_sums<R, C, kTransposedX>();
+  Reg acc[kSums][R][C];
+  for (int s = 0; s < kSums; ++s)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[s][r][c] = V::zero();
 
   const int64_t last_lanes = valid - (C - 1) * W;
-  const typename V::T* mp = m + col;
-  for (int64_t i = 0; i < k; ++i, mp += m_stride) {
+  // Term i of every dot product, into sum s.
+  auto term = [&](int64_t i, int s) {
+    const typename V::T* mp = m + i * m_stride + col;
     Reg w[C];
     for (int c = 0; c < C; ++c)
       w[c] = kPartialLast && c == C - 1 ? V::load_partial(mp + c * W, last_lanes)
                                         : V::load(mp + c * W);
     for (int r = 0; r < R; ++r) {
       const Reg xv = V::broadcast(kTransposedX ? x[i * x_stride + r] : x[r * x_stride + i]);
-      for (int c = 0; c < C; ++c) acc[r][c] = V::fmadd(xv, w[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) acc[s][r][c] = V::fmadd(xv, w[c], acc[s][r][c]);
     }
-  }
+  };
+  int64_t i = 0;
+  for (; i + kSums <= k; i += kSums)
+    for (int s = 0; s < kSums; ++s) term(i + s, s);
+  for (int s = 0; i < k; ++i, ++s) term(i, s);
+  if constexpr (kSums == 4)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) {
+        acc[0][r][c] = V::add(acc[0][r][c], acc[2][r][c]);
+        acc[1][r][c] = V::add(acc[1][r][c], acc[3][r][c]);
+      }
+  if constexpr (kSums >= 2)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[0][r][c] = V::add(acc[0][r][c], acc[1][r][c]);
 
   for (int r = 0; r < R; ++r) {
     typename V::T* o = out + r * out_stride + col;
     for (int c = 0; c < C; ++c) {
       const int64_t lanes = valid - c * W;
       if (lanes <= 0) break;
-      Reg v = acc[r][c];
+      Reg v = acc[0][r][c];
       if (epilogue != Epilogue::kStore)
         v = V::add(v, lanes >= W ? V::load(o + c * W) : V::load_partial(o + c * W, lanes));
       if (epilogue == Epilogue::kAddActivate)
