@@ -2,6 +2,7 @@
 // instruction set.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels.h"

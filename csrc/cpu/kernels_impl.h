@@ -27,17 +27,25 @@ constexpr int partial_sums() {
   return R * C * 2 >= kChains ? 2 : 4;
 }
 
+// A block over part of k (a tile: rows_block) starts from the sums a previous tile left in
+// `sums_in` (R rows of `sums_stride`, at the block's columns) rather than from zero, and, unless it
+// is the last tile, leaves its sums in `sums_out` instead of finishing: a float kept in memory is
+// the same float, so the tiles sum every element in the same order as one pass over k would.
 template <class V, int R, int C, bool kPartialLast = false, bool kTransposedX = false>
 inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T* x,
                          int64_t x_stride, int64_t k, const typename V::T* m, int64_t m_stride,
-                         typename V::T* out, int64_t out_stride, int64_t col, int64_t valid) {
+                         typename V::T* out, int64_t out_stride, int64_t col, int64_t valid,
+                         const typename V::T* sums_in = nullptr, typename V::T* sums_out = nullptr,
+                         int64_t sums_stride = 0) {
   using Reg = typename V::Reg;
   constexpr int W = V::kWidth;
   constexpr int kSums = partial_sums<R, C, kTransposedX>();
   Reg acc[kSums][R][C];
   for (int s = 0; s < kSums; ++s)
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) acc[s][r][c] = V::zero();
+      for (int c = 0; c < C; ++c)
+        acc[s][r][c] =
+            s == 0 && sums_in ? V::load(sums_in + r * sums_stride + col + c * W) : V::zero();
 
   const int64_t last_lanes = valid - (C - 1) * W;
   // Term i of every dot product, into sum s.
@@ -65,6 +73,11 @@ inline void matrix_block(Epilogue epilogue, Activation act, const typename V::T*
   if constexpr (kSums >= 2)
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[0][r][c] = V::add(acc[0][r][c], acc[1][r][c]);
+  if (sums_out) {
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) V::store(sums_out + r * sums_stride + col + c * W, acc[0][r][c]);
+    return;
+  }
 
   for (int r = 0; r < R; ++r) {
     typename V::T* o = out + r * out_stride + col;
@@ -114,16 +127,58 @@ void narrow_block(int64_t vectors, Epilogue epilogue, Activation act, const type
                                                 out_stride, col, valid);
 }
 
+// The most bytes of m that one tile of k spans (rows_block): a pass over m for each block of
+// columns reads a few cache lines of every row of m, a 4 KB stride at hidden 1024, which the
+// hardware prefetchers do not follow; within a tile that fits in L2 (even a 512 KB one), the lines
+// the first block's pass brought in, and those the prefetchers fetched ahead along each row, are
+// still there for the next blocks. Measured (PERFORMANCE.md, version 21): batch 1, hidden 1024,
+// one pass per block took 410-470 us a step, twice nn.RNN's time on one thread.
+constexpr int64_t kTileBytes = int64_t{256} << 10;
+
+// Memory for the sums between tiles; none when count is 0 or malloc fails (the caller then makes
+// one pass over k).
+template <typename T>
+struct Sums {
+  explicit Sums(int64_t count)
+      : data(count > 0 ? static_cast<T*>(malloc(static_cast<size_t>(count) * sizeof(T)))
+                       : nullptr) {}
+  ~Sums() { free(data); }
+  Sums(const Sums&) = delete;
+  Sums& operator=(const Sums&) = delete;
+  T* const data;
+};
+
 template <class V, int R, bool kTransposedX>
 void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64_t x_stride,
                 int64_t k, const typename V::T* m, int64_t m_stride, int64_t n, typename V::T* out,
                 int64_t out_stride) {
+  using T = typename V::T;
   constexpr int C = columns_per_block<V, R>();
   constexpr int64_t kBlockCols = C * V::kWidth;
-  int64_t col = 0;
-  for (; col + kBlockCols <= n; col += kBlockCols)
-    matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
-                                               out_stride, col, kBlockCols);
+  const int64_t full = n / kBlockCols * kBlockCols;  // the columns of the full blocks
+  static_assert(partial_sums<R, C, kTransposedX>() == 1, "a full block keeps one sum");
+  const int64_t row_bytes = m_stride * static_cast<int64_t>(sizeof(T));
+  const int64_t tile = row_bytes <= 0 ? k : row_bytes < kTileBytes ? kTileBytes / row_bytes : 1;
+  // Each tile's sums, for the next (malloc, not std::vector: no template from outside this file's
+  // internal linkage is instantiated here for this instruction set, see kernels_avx512.cpp).
+  Sums<T> sums(tile < k && full > 0 ? R * full : 0);
+  if (sums.data) {
+    for (int64_t first = 0; first < k; first += tile) {
+      const int64_t rows = k - first < tile ? k - first : tile;
+      const T* x_tile = x + first * (kTransposedX ? x_stride : 1);
+      const T* sums_in = first > 0 ? sums.data : nullptr;
+      T* sums_out = first + rows < k ? sums.data : nullptr;
+      for (int64_t col = 0; col < full; col += kBlockCols)
+        matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x_tile, x_stride, rows,
+                                                   m + first * m_stride, m_stride, out, out_stride,
+                                                   col, kBlockCols, sums_in, sums_out, full);
+    }
+  } else {
+    for (int64_t col = 0; col < full; col += kBlockCols)
+      matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
+                                                 out_stride, col, kBlockCols);
+  }
+  const int64_t col = full;
   const int64_t rest = n - col;  // 0 <= rest < C * W: one narrower block, up to C vectors
   if (rest > 0)
     narrow_block<V, R, C, kTransposedX>((rest + V::kWidth - 1) / V::kWidth, epilogue, act, x,

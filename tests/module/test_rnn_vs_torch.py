@@ -239,3 +239,23 @@ def test_every_column_block_shape(dtype, hidden):
             grads((out_t, hn_t), [x, *theirs.parameters()]),
         ):
             assert_close(a, b, GRAD_TOL[dtype], f"grad, batch {batch}")
+
+
+@pytest.mark.parametrize(
+    "dtype, hidden", [(torch.float64, 300), (torch.float32, 600), (torch.float32, 1100)]
+)
+def test_large_hidden_in_tiles(dtype, hidden):
+    """Register batch with W_hh rows too long for one pass: the kernel sums over tiles of k."""
+    theirs, ours = rnn_pair(dtype=dtype, input_size=3, hidden_size=hidden)
+    for batch in (1, 3, 5):
+        x = torch.randn(4, batch, 3, dtype=dtype, requires_grad=True)
+        h0 = torch.randn(1, batch, hidden, dtype=dtype, requires_grad=True)
+        out_o, hn_o = ours(x, h0)
+        out_t, hn_t = theirs(x, h0)
+        assert_close(out_o, out_t, TOL[dtype], f"output, batch {batch}")
+        assert_close(hn_o, hn_t, TOL[dtype], f"h_n, batch {batch}")
+        for a, b in zip(
+            grads((out_o, hn_o), [x, h0, *ours.parameters()]),
+            grads((out_t, hn_t), [x, h0, *theirs.parameters()]),
+        ):
+            assert_close(a, b, GRAD_TOL[dtype], f"grad, batch {batch}")
