@@ -32,6 +32,7 @@
 
 #include "cpu/helper_thread.h"
 #include "cpu/kernels.h"
+#include "cpu/shared_steps.h"
 #include "layer/kernel_dtypes.h"
 #include "layer/layer_args.h"
 #if defined(RNNKERN_WITH_CUDA)
@@ -102,6 +103,9 @@ PYBIND11_MODULE(_C, module) {
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
   module.def("helper_offers", &rnnkern::cpu::helper_offers,
              "How many tasks the CPU kernels' helper thread has been offered in this process.");
+  module.def(
+      "helper_parts_taken_back", [] { return rnnkern::cpu::parts_taken_back.load(); },
+      "How many steps' helper parts of a shared recurrence callers took back in this process.");
   module.def("helper_float_control", &rnnkern::cpu::helper_float_control,
              "The floating-point control (x86 MXCSR) the helper thread ran its latest task under.");
   module.def(

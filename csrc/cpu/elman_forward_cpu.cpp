@@ -4,9 +4,10 @@
 //
 // The two directions of a bidirectional layer run on two threads. A single direction at small batch
 // instead hands the projection to the helper thread, block by block ahead of the recurrence
-// (step_blocks.h), never waiting for it; a short one, or one at large batch, shares its projection
-// with the helper in blocks of rows (split_rows.h), and at large batch each step's GEMM in blocks
-// of columns.
+// (step_blocks.h), never waiting for it; at large hidden size it shares each step's units with the
+// helper instead (shared_steps.h); a short one, or one at large batch, shares its projection with
+// the helper in blocks of rows (split_rows.h), and at large batch each step's GEMM in blocks of
+// columns.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
@@ -19,6 +20,7 @@
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
 #include "helper_thread.h"
+#include "shared_steps.h"
 #include "split_rows.h"
 #include "step_blocks.h"
 
@@ -250,6 +252,14 @@ void forward_loop(ForwardCall& c) {
       const bool projected = !use_register_kernel(L);  // one projection for both directions
       if (projected) project(c);
       both_directions(std::make_shared<ReverseForward<scalar_t>>(c, projected), L.steps);
+      return;
+    }
+    if (shares_steps(s)) {
+      project(c);
+      at::Tensor state = c.h_n.select(0, 0);
+      forward_shared<scalar_t>(
+          direction_loop<scalar_t>(s, 0, c.relu, weight_hh(c.weights, s, 0), step_split()), c.out,
+          state);
       return;
     }
     if (!pipelined(s)) {

@@ -27,6 +27,7 @@ import platform
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -72,6 +73,9 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
         48,
         torch.float32,
     ),
+    # one direction, small batch, hidden >= 768: each step's units in two parts, the second on
+    # the helper (csrc/cpu/shared_steps.h)
+    "shared_steps": (dict(input_size=16, hidden_size=800), 24, 2, torch.float32),
     # batch > 32, two directions: each projects its own columns, on its own thread
     "bidirectional_large_batch": (
         dict(input_size=6, hidden_size=32, bidirectional=True),
@@ -266,6 +270,7 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
         (dict(input_size=256, hidden_size=128), 48, 16),  # short, pipelined
         (dict(input_size=256, hidden_size=128), 24, 16),  # projection and dX in row blocks
         (dict(input_size=256, hidden_size=320), 4, 48),  # each step in blocks of columns
+        (dict(input_size=16, hidden_size=800), 24, 1),  # each step's units in two parts
     ],
 )
 def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batch) -> None:
@@ -307,7 +312,7 @@ def test_more_than_two_threads_at_large_batch_match_nn_rnn(name: str) -> None:
     assert_matches_nn_rnn(result, forward_backward(theirs, x, h0), dtype)
 
 
-@pytest.mark.parametrize("name", ["column_blocks", "split_rows"])
+@pytest.mark.parametrize("name", ["column_blocks", "split_rows", "shared_steps"])
 def test_module_to_with_swap_after_calls_that_offered_work(name: str) -> None:
     """module.to() with swap_tensors after a training step whose GEMMs were shared with the helper:
     a finished helper task lives until the next offer, and one holding a view autograd made of a
@@ -349,7 +354,10 @@ def test_helper_runs_tasks_under_the_callers_denormal_flushing() -> None:
             if not torch.set_flush_denormal(flush):
                 pytest.skip("this CPU cannot flush denormals")
             seen[flush] = []
-            for _ in range(50):  # until the helper has run one of this setting's tasks
+            # until the helper has run one of this setting's tasks: on a machine busy with other
+            # programs the helper (idle scheduling class) may wait long for a core
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
                 with torch.no_grad():
                     ours(x, h0)
                 seen[flush].append(rnnkern._C.helper_float_control() & flags)
@@ -480,3 +488,34 @@ def test_process_exits_cleanly_right_after_helper_tasks(call: str) -> None:
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
         )
         assert result.returncode == 0, f"exit code {result.returncode}: {result.stderr[-2000:]}"
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux", reason="the helper is in the idle scheduling class on Linux only"
+)
+def test_shared_steps_taken_back_on_a_busy_machine() -> None:
+    """With both cores kept busy by other processes, the helper (in the idle scheduling class) gets
+    no core, and the caller takes its part of a shared recurrence back (csrc/cpu/shared_steps.h):
+    such calls give the bits of one thread, and the module keeps working."""
+    name = "shared_steps"
+    config, _, _, dtype = CONFIGS[name]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    ((x, h0),) = make_inputs(name, 1, seed=7)
+    threads = torch.get_num_threads()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        torch.set_num_threads(1)
+        expected = forward(ours, x, h0)
+        assert_matches_nn_rnn(expected, forward(theirs, x, h0), dtype)
+        torch.set_num_threads(2)
+        before = rnnkern._C.helper_parts_taken_back()
+        deadline = time.monotonic() + 60
+        while rnnkern._C.helper_parts_taken_back() == before:
+            assert time.monotonic() < deadline, "no call took the helper's part back"
+            assert_bitwise(forward(ours, x, h0), expected, "a busy machine, two threads")
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        torch.set_num_threads(threads)
+    assert_bitwise(forward(ours, x, h0), expected, "after the load")
