@@ -9,13 +9,15 @@
 // once a step.
 //
 // The caller never waits long for the helper. The helper computes its part of step t into a buffer
-// of its own and publishes it; the caller, once its own part is done, copies the helper's, or,
-// when the helper has not published it within twice the time the caller's own part took (or stops
-// running meanwhile: preempted on a busy machine), takes that step's part back and computes it
-// itself; the helper skips to the next step. After kMaxTakeBacks such steps in a call the caller
-// stops waiting for the helper. So a late or preempted helper costs at most a few parts of a call.
-// Either thread computes a part with the same kernel call on the same operands, and one thread
-// computes both parts in the same two calls, so the bits are the same on one thread or two.
+// of its own and publishes it; the caller, once its own part is done, copies the helper's, or
+// takes that step's part back and computes it itself: at once when the helper is not computing
+// step t (not yet awake, or behind), else when the helper has not published it within twice the
+// caller's fastest part, or stops running meanwhile (preempted on a busy machine). The helper then
+// skips to the next step. After kMaxTakeBacks steps taken back from a helper computing them the
+// caller stops waiting for it in this call. So a late or preempted helper costs at most a few
+// parts of a call. Either thread computes a part with the same kernel call on the same operands,
+// and one thread computes both parts in the same two calls, so the bits are the same on one
+// thread or two.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -53,7 +55,7 @@ constexpr int64_t kMinSharedHidden = 768;
 inline bool shares_steps(const LayerShape& s) {
   const SequenceLayout& L = s.layout;
   return s.directions == 1 && use_register_kernel(L) && s.hidden >= kMinSharedHidden &&
-         L.steps > 0 && L.rows.back() == L.batch;
+         L.steps > 0 && L.batch > 0 && L.rows.back() == L.batch;
 }
 
 // One call's shared recurrence, shared with the helper's task (which may outlive the call): it
@@ -90,6 +92,7 @@ struct SharedSteps {
         spin_pause(spins);
       }
       if (stopped.load(std::memory_order_acquire)) return;
+      helper_on.store(t, std::memory_order_release);
       // Step t - 1 is resolved (either way); step t too if the caller took it back already.
       int64_t seen = resolved.load(std::memory_order_acquire);
       if (seen >= 2 * t) continue;
@@ -97,32 +100,37 @@ struct SharedSteps {
       for (int64_t r = 0; r < rows; ++r)  // the projection of its units
         std::memcpy(dest + r * n, y.row(offset[t] + r) + split, n * sizeof(T));
       helper_part(t, dest, n);
-      // Fails when the caller took step t back meanwhile (the buffer is then never read).
+      // Fails when the caller took step t back meanwhile (the buffer is then never read). A step
+      // taken back may still be computed here from the caller's buffers of later steps (state,
+      // the output's row): its result is dropped.
       resolved.compare_exchange_strong(seen, 2 * t, std::memory_order_acq_rel);
     }
   }
 
   // Caller: every step, with the helper's parts where it publishes them in time (helper_offered:
-  // it was offered the task), then h_n into `h_n` (B, H). After kMaxTakeBacks steps taken back, it
-  // stops waiting for the helper for the rest of the call.
+  // it was offered the task), then h_n into `h_n` (B, H). After kMaxTakeBacks steps taken back from
+  // a helper that was computing them, it stops waiting for the helper for the rest of the call.
   void run(bool helper_offered, at::Tensor& h_n) {
     using Clock = std::chrono::steady_clock;
     bool helper = helper_offered;
     int64_t taken_back = 0;
+    auto fastest = Clock::duration::max();  // the caller's fastest part in this call
     const int64_t n = H - split;
     for (int64_t t = 0; t < steps; ++t) {
       T* yt = y.row(offset[t]);
       const auto start = Clock::now();
       k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data(),
                           wt_stride, split, yt, y.ld);
-      const bool from_helper = helper && helper_published(t, 2 * (Clock::now() - start) + kSlack);
-      if (from_helper) {
+      fastest = std::min<Clock::duration>(fastest, Clock::now() - start);
+      const Outcome outcome =
+          helper ? helper_part_of(t, 2 * fastest + kSlack) : Outcome::kNotStarted;
+      if (outcome == Outcome::kPublished) {
         const T* src = part[t % 2].data();
         for (int64_t r = 0; r < rows; ++r)
           std::memcpy(yt + r * y.ld + split, src + r * n, n * sizeof(T));
       } else {
         helper_part(t, yt + split, y.ld);
-        if (helper && ++taken_back == kMaxTakeBacks) {
+        if (outcome == Outcome::kLate && ++taken_back == kMaxTakeBacks) {
           helper = false;
           stopped.store(true, std::memory_order_release);
         }
@@ -148,34 +156,44 @@ struct SharedSteps {
                         wt_stride, H - split, dest, dest_stride);
   }
 
-  // Caller: whether the helper published its part of step t (true), waiting while it runs, for at
-  // most `budget` (twice what the caller's own part took, and kSlack), checking every
-  // kRunningCheck that its CPU time advances; false once the caller has taken the step back.
-  bool helper_published(int64_t t, std::chrono::nanoseconds budget) {
+  // What became of the helper's part of a step.
+  enum class Outcome {
+    kPublished,   // in part[t % 2]
+    kNotStarted,  // taken back at once: the helper was not computing it (asleep, or behind)
+    kLate,        // taken back from a helper computing it, after the wait
+  };
+
+  // Caller: the helper's part of step t, waited for while the helper computes it, for at most
+  // `budget` (twice the caller's fastest part, and kSlack), checking every kRunningCheck that its
+  // CPU time advances (a preempted helper is given up on at once). A helper that was not on step t
+  // is not waited for at all: it may be asleep (0.7-0.9 ms to wake: helper_thread.cpp), and it
+  // joins at a later step.
+  Outcome helper_part_of(int64_t t, std::chrono::nanoseconds budget) {
     using Clock = std::chrono::steady_clock;
     constexpr auto kRunningCheck = std::chrono::microseconds(20);
     const auto start = Clock::now();
     auto checked = start;
     int64_t cpu = helper_cpu_ns();
+    bool give_up = helper_on.load(std::memory_order_acquire) != t;
     for (int64_t spins = 1;; ++spins) {
       int64_t seen = resolved.load(std::memory_order_acquire);
-      if (seen == 2 * t) return true;
+      if (seen == 2 * t) return Outcome::kPublished;
+      if (give_up) {
+        if (!resolved.compare_exchange_strong(seen, 2 * t + 1, std::memory_order_acq_rel))
+          return Outcome::kPublished;  // published meanwhile: seen == 2 t
+        parts_taken_back.fetch_add(1, std::memory_order_relaxed);
+        return spins == 1 ? Outcome::kNotStarted : Outcome::kLate;
+      }
       cpu_pause();
       if (spins % 16 != 0) continue;
       const auto now = Clock::now();
-      bool give_up = now - start > budget;
+      give_up = now - start > budget;
       if (!give_up && now - checked > kRunningCheck) {
-        const int64_t cpu_now = helper_cpu_ns();
-        give_up = cpu_now - cpu < (now - checked).count() / 2;
+        const int64_t cpu_now = helper_cpu_ns();  // -1 where unknown: then only the budget counts
+        give_up = cpu >= 0 && cpu_now - cpu < (now - checked).count() / 2;
         cpu = cpu_now;
         checked = now;
       }
-      if (!give_up) continue;
-      if (resolved.compare_exchange_strong(seen, 2 * t + 1, std::memory_order_acq_rel)) {
-        parts_taken_back.fetch_add(1, std::memory_order_relaxed);
-        return false;
-      }
-      return true;  // published meanwhile: seen == 2 t
     }
   }
 
@@ -200,7 +218,8 @@ struct SharedSteps {
   // The latest step t whose helper part is settled: 2 t when it is in part[t % 2], 2 t + 1 when the
   // caller took it back (so -1 before the first step).
   std::atomic<int64_t> resolved{-1};
-  std::atomic<bool> stopped{false};  // the caller no longer waits for the helper in this call
+  std::atomic<int64_t> helper_on{-1};  // the step the helper is computing (or skipping)
+  std::atomic<bool> stopped{false};    // the caller no longer waits for the helper in this call
   std::atomic<bool> closed{false};
 };
 
@@ -208,8 +227,8 @@ struct SharedSteps {
 // and h_t on exit, `state` (B, H) h0 on entry and h_n on exit (as forward_direction).
 template <typename T>
 void forward_shared(const DirectionLoop<T>& p, const at::Tensor& out, at::Tensor& state) {
+  const CallWithHelper call;  // first: the helper spins, not sleeps, while W_hh is transposed
   auto shared = std::make_shared<SharedSteps<T>>(p, out, state);
-  const CallWithHelper call;
   struct CloseOnReturn {
     SharedSteps<T>& s;
     ~CloseOnReturn() { s.close(); }
