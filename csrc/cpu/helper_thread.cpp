@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -212,8 +213,16 @@ bool offer_to_helper(std::function<void()> task) {
     asleep = w->sleeping;
 
     if (!w->started) {
+      try {
+        std::thread(run_tasks, w).detach();
+      } catch (const std::system_error&) {
+        // No thread to be had (a process at its limit): this call does all of its work, and a
+        // later offer tries again.
+        w->tasks.pop_back();
+        w->queued.store(w->tasks.size(), std::memory_order_release);
+        return false;
+      }
       w->started = true;
-      std::thread(run_tasks, w).detach();
     }
   }
   if (asleep) w->wake.notify_one();  // a spinning helper sees `queued`
