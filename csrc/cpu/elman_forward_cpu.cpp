@@ -242,11 +242,12 @@ void forward_loop(ForwardCall& c) {
   const LayerShape& s = c.shape;
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
+    auto loop = [&](int64_t d) {
+      return direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d), step_split());
+    };
     auto run = [&](int64_t d, const auto& before_step) {
-      const auto p =
-          direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d), step_split());
       at::Tensor state = c.h_n.select(0, d);
-      forward_direction<scalar_t>(p, c.out, state, before_step);
+      forward_direction<scalar_t>(loop(d), c.out, state, before_step);
     };
     if (s.directions == 2) {
       const bool projected = !use_register_kernel(L);  // one projection for both directions
@@ -257,9 +258,7 @@ void forward_loop(ForwardCall& c) {
     if (shares_steps(s)) {
       project(c);
       at::Tensor state = c.h_n.select(0, 0);
-      forward_shared<scalar_t>(
-          direction_loop<scalar_t>(s, 0, c.relu, weight_hh(c.weights, s, 0), step_split()), c.out,
-          state);
+      forward_shared<scalar_t>(loop(0), c.out, state);
       return;
     }
     if (!pipelined(s)) {

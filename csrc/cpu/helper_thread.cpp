@@ -118,8 +118,6 @@ void run_tasks(Worker* w) {
   // on an idle second core it runs at full speed. (It also never preempts anyone on waking.)
   const sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
-#endif
-#if defined(__linux__)
   if (pthread_getcpuclockid(pthread_self(), &w->cpu_clock) == 0)
     w->cpu_clock_set.store(true, std::memory_order_release);
 #endif

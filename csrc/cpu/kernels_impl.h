@@ -161,28 +161,24 @@ void rows_block(Epilogue epilogue, Activation act, const typename V::T* x, int64
   const int64_t tile = row_bytes <= 0 ? k : row_bytes < kTileBytes ? kTileBytes / row_bytes : 1;
   // Each tile's sums, for the next (malloc, not std::vector: no template from outside this file's
   // internal linkage is instantiated here for this instruction set, see kernels_avx512.cpp).
+  // Without them, one tile spans all of k (at k = 0 too: each block still writes its epilogue).
   Sums<T> sums(tile < k && full > 0 ? R * full : 0);
-  if (sums.data) {
-    for (int64_t first = 0; first < k; first += tile) {
-      const int64_t rows = k - first < tile ? k - first : tile;
-      const T* x_tile = x + first * (kTransposedX ? x_stride : 1);
-      const T* sums_in = first > 0 ? sums.data : nullptr;
-      T* sums_out = first + rows < k ? sums.data : nullptr;
-      for (int64_t col = 0; col < full; col += kBlockCols)
-        matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x_tile, x_stride, rows,
-                                                   m + first * m_stride, m_stride, out, out_stride,
-                                                   col, kBlockCols, sums_in, sums_out, full);
-    }
-  } else {
+  const int64_t tile_rows = sums.data ? tile : k;
+  for (int64_t first = 0;; first += tile_rows) {
+    const int64_t rows = k - first < tile_rows ? k - first : tile_rows;
+    const T* x_tile = x + first * (kTransposedX ? x_stride : 1);
+    const T* sums_in = first > 0 ? sums.data : nullptr;
+    T* sums_out = first + rows < k ? sums.data : nullptr;
     for (int64_t col = 0; col < full; col += kBlockCols)
-      matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x, x_stride, k, m, m_stride, out,
-                                                 out_stride, col, kBlockCols);
+      matrix_block<V, R, C, false, kTransposedX>(epilogue, act, x_tile, x_stride, rows,
+                                                 m + first * m_stride, m_stride, out, out_stride,
+                                                 col, kBlockCols, sums_in, sums_out, full);
+    if (!sums_out) break;  // the last tile
   }
-  const int64_t col = full;
-  const int64_t rest = n - col;  // 0 <= rest < C * W: one narrower block, up to C vectors
+  const int64_t rest = n - full;  // 0 <= rest < C * W: one narrower block, up to C vectors
   if (rest > 0)
     narrow_block<V, R, C, kTransposedX>((rest + V::kWidth - 1) / V::kWidth, epilogue, act, x,
-                                        x_stride, k, m, m_stride, out, out_stride, col, rest);
+                                        x_stride, k, m, m_stride, out, out_stride, full, rest);
 }
 
 // Row r of x starts at x + r * (x_stride) normally, at x + r when x is given transposed.

@@ -229,10 +229,7 @@ template <typename T>
 void forward_shared(const DirectionLoop<T>& p, const at::Tensor& out, at::Tensor& state) {
   const CallWithHelper call;  // first: the helper spins, not sleeps, while W_hh is transposed
   auto shared = std::make_shared<SharedSteps<T>>(p, out, state);
-  struct CloseOnReturn {
-    SharedSteps<T>& s;
-    ~CloseOnReturn() { s.close(); }
-  } close{*shared};
+  const CloseOnExit close(*shared);
   const bool offered = helper_available() && offer_to_helper([shared] { shared->help(); });
   shared->run(offered, state);
 }

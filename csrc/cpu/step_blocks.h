@@ -176,19 +176,20 @@ class SharedBlocks {
   int64_t back_;      // the helper's own: its last block from the back, count_ before the first
 };
 
-// Closes a SharedBlocks when the caller's scope ends, however it ends (an exception included), so
-// that the helper never waits for a call that is over. The scope is a call that offers the helper
-// work (CallWithHelper).
+// Closes a hand-off shared with the helper (a SharedBlocks, or anything with close()) when the
+// caller's scope ends, however it ends (an exception included), so that the helper never waits for
+// a call that is over. The scope is a call that offers the helper work (CallWithHelper).
+template <class Shared>
 class CloseOnExit {
  public:
-  explicit CloseOnExit(SharedBlocks& blocks) : blocks_(blocks) {}
+  explicit CloseOnExit(Shared& blocks) : blocks_(blocks) {}
   ~CloseOnExit() { blocks_.close(); }
   CloseOnExit(const CloseOnExit&) = delete;
   CloseOnExit& operator=(const CloseOnExit&) = delete;
 
  private:
   const CallWithHelper call_;
-  SharedBlocks& blocks_;
+  Shared& blocks_;
 };
 
 }  // namespace rnnkern::cpu
