@@ -32,6 +32,7 @@
 
 #include "cpu/helper_thread.h"
 #include "cpu/kernels.h"
+#include "cpu/openmp_teammate.h"
 #include "cpu/shared_steps.h"
 #include "layer/kernel_dtypes.h"
 #include "layer/layer_args.h"
@@ -103,6 +104,28 @@ PYBIND11_MODULE(_C, module) {
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
   module.def("helper_offers", &rnnkern::cpu::helper_offers,
              "How many tasks the CPU kernels' helper thread has been offered in this process.");
+  module.def("team_calls", &rnnkern::cpu::team_calls,
+             "How many CPU calls in this process ran their second thread's part on torch's OpenMP "
+             "worker (a team of two) rather than on the helper thread.");
+  module.def(
+      "set_teammate_mode",
+      [](const std::string& mode) {
+        using rnnkern::cpu::TeammateMode;
+        const TeammateMode m = mode == "team"     ? TeammateMode::kOpenMPTeam
+                               : mode == "thread" ? TeammateMode::kHelperThread
+                               : mode == "auto"   ? TeammateMode::kAuto
+                                                  : throw std::invalid_argument(
+                                                        "set_teammate_mode: mode must be 'auto', "
+                                                        "'team' or 'thread', got '" +
+                                                        mode + "'");
+        const TeammateMode previous = rnnkern::cpu::set_teammate_mode(m);
+        return std::string(previous == TeammateMode::kOpenMPTeam     ? "team"
+                           : previous == TeammateMode::kHelperThread ? "thread"
+                                                                     : "auto");
+      },
+      "For the tests: which second thread the CPU pipelines use, 'auto' (torch's OpenMP worker "
+      "unless another program was seen on the cores lately, else the helper thread), 'team' or "
+      "'thread' always; returns the previous mode.");
   module.def(
       "helper_parts_taken_back", [] { return rnnkern::cpu::parts_taken_back.load(); },
       "How many steps' helper parts of a shared recurrence callers took back in this process.");

@@ -24,6 +24,7 @@
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
 #include "helper_thread.h"
+#include "openmp_teammate.h"
 #include "split_rows.h"
 #include "step_blocks.h"
 
@@ -351,20 +352,23 @@ void backward_loop(BackwardCall& c) {
     // copied out at the end.
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto behind = std::make_shared<GradientsBehind<scalar_t>>(c);
-    const CloseOnExit close(behind->blocks);
-    if (helper_available()) offer_to_helper([behind] { behind->help(); });
-    std::vector<scalar_t> sums(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
-    int64_t added = 0;
-    const int64_t S = behind->gradients.steps_per_block();
-    recur(0, [&](int64_t t) {
-      if ((L.steps - t) % S == 0 || t == 0) {
-        const int64_t finished = (L.steps - 1 - t) / S + 1;
-        behind->blocks.ready(finished);
-        added = behind->add_finished(sums.data(), added, finished);
-      }
-    });
-    c.input_gradient();  // while the helper is still on the weight gradients
-    behind->add_rest(sums.data(), added);
+    std::vector<scalar_t> sums;
+    beside_helper([behind] { behind->help(); },
+                  [&] {
+                    const CloseOnExit close(behind->blocks);
+                    sums.assign(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
+                    int64_t added = 0;
+                    const int64_t S = behind->gradients.steps_per_block();
+                    recur(0, [&](int64_t t) {
+                      if ((L.steps - t) % S == 0 || t == 0) {
+                        const int64_t finished = (L.steps - 1 - t) / S + 1;
+                        behind->blocks.ready(finished);
+                        added = behind->add_finished(sums.data(), added, finished);
+                      }
+                    });
+                    c.input_gradient();  // while the helper is still on the weight gradients
+                    behind->add_rest(sums.data(), added);
+                  });
     const int64_t HI = s.hidden * s.input_size, HH = s.hidden * s.hidden;
     if (c.need_weights) {
       std::memcpy(c.grad_w_ih.data_ptr<scalar_t>(), sums.data(), HI * sizeof(scalar_t));

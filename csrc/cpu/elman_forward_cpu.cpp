@@ -20,6 +20,7 @@
 #include "../layer/layer_driver.h"
 #include "elman_cpu.h"
 #include "helper_thread.h"
+#include "openmp_teammate.h"
 #include "shared_steps.h"
 #include "split_rows.h"
 #include "step_blocks.h"
@@ -270,13 +271,15 @@ void forward_loop(ForwardCall& c) {
     // One direction, visited t = 0 .. T-1: block j is steps [S j, S (j + 1)), S steps per block.
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto ahead = std::make_shared<ProjectionAhead<scalar_t>>(c);
-    const CloseOnExit close(ahead->blocks);
-    if (helper_available()) offer_to_helper([ahead] { ahead->help(); });
-    scalar_t* out = c.out.data_ptr<scalar_t>();
-    const int64_t S = ahead->steps_per_block;
-    run(0, [&](int64_t t) {
-      if (t % S == 0) ahead->fill(t / S, out);
-    });
+    beside_helper([ahead] { ahead->help(); },
+                  [&] {
+                    const CloseOnExit close(ahead->blocks);
+                    scalar_t* out = c.out.data_ptr<scalar_t>();
+                    const int64_t S = ahead->steps_per_block;
+                    run(0, [&](int64_t t) {
+                      if (t % S == 0) ahead->fill(t / S, out);
+                    });
+                  });
   });
 }
 

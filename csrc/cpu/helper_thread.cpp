@@ -32,17 +32,8 @@ extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 namespace rnnkern::cpu {
 namespace {
 
-// The calling thread's floating-point control (x86's MXCSR: the rounding mode, and the
-// flush-to-zero and denormals-are-zero flags that torch.set_flush_denormal sets on the calling
-// thread only), which the helper takes on for each task it runs: a block must compute the same
-// bits on either thread, denormals included.
-unsigned float_control() {
-#if defined(__x86_64__) || defined(_M_X64)
-  return _mm_getcsr();
-#else
-  return 0;
-#endif
-}
+// The floating-point control: x86's MXCSR, the rounding mode and the flush-to-zero and
+// denormals-are-zero flags that torch.set_flush_denormal sets on the calling thread only.
 void set_float_control(unsigned control) {
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_setcsr(control);
@@ -69,9 +60,6 @@ struct Worker {
   // Tasks the helper has run, left for a caller's thread to destroy (see offer_to_helper).
   std::vector<std::function<void()>> finished;
   bool started = false;
-  // The helper thread's CPU-time clock, once it has started (helper_cpu_ns).
-  clockid_t cpu_clock{};
-  std::atomic<bool> cpu_clock_set{false};
 };
 
 // Never destroyed: the detached thread may still be using it while the process exits.
@@ -118,13 +106,7 @@ void run_tasks(Worker* w) {
   // on an idle second core it runs at full speed. (It also never preempts anyone on waking.)
   const sched_param idle{};
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
-  if (pthread_getcpuclockid(pthread_self(), &w->cpu_clock) == 0)
-    w->cpu_clock_set.store(true, std::memory_order_release);
 #endif
-  const SingleThreaded single_threaded;
-  // Like the caller's kernels, the tasks' ATen calls are below autograd.
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-
   for (;;) {
     Task task;
     spin_for_task(w);
@@ -137,14 +119,7 @@ void run_tasks(Worker* w) {
       w->tasks.pop_front();
       w->queued.store(w->tasks.size(), std::memory_order_release);
     }
-    try {
-      set_float_control(task.float_control);
-      latest_task_control.store(float_control(), std::memory_order_relaxed);
-      task.run();
-    } catch (...) {
-      // The caller computes whatever a failed task left unfinished, and meets the error itself if
-      // it is not the helper's alone.
-    }
+    run_as_helper(task.run, task.float_control);
     last_activity_ns.store(now_ns(), std::memory_order_release);
     const std::lock_guard<std::mutex> lock(w->mutex);
     w->finished.push_back(std::move(task.run));
@@ -175,11 +150,15 @@ int caller_threads() {
 
 bool helper_available() { return caller_threads() >= 2; }
 
-int64_t helper_cpu_ns() {
-  const Worker* w = worker.load();
-  if (!w->cpu_clock_set.load(std::memory_order_acquire)) return -1;
+int64_t this_thread_cpu_clock() {
+  clockid_t clock{};
+  if (pthread_getcpuclockid(pthread_self(), &clock) != 0) return -1;
+  return clock;
+}
+
+int64_t thread_cpu_ns(int64_t clock) {
   timespec t{};
-  if (clock_gettime(w->cpu_clock, &t) != 0) return -1;
+  if (clock == -1 || clock_gettime(static_cast<clockid_t>(clock), &t) != 0) return -1;
   return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
 }
 
@@ -187,10 +166,34 @@ unsigned helper_float_control() { return latest_task_control.load(std::memory_or
 
 int64_t helper_offers() { return offers_made.load(std::memory_order_relaxed); }
 
+void count_offer() { offers_made.fetch_add(1, std::memory_order_relaxed); }
+
+unsigned float_control() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return _mm_getcsr();
+#else
+  return 0;
+#endif
+}
+
+void run_as_helper(const std::function<void()>& task, unsigned control) {
+  const SingleThreaded single_threaded;
+  // Like the caller's kernels, the tasks' ATen calls are below autograd.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const unsigned own = float_control();
+  set_float_control(control);
+  latest_task_control.store(float_control(), std::memory_order_relaxed);
+  try {
+    task();
+  } catch (...) {
+  }
+  set_float_control(own);
+}
+
 bool offer_to_helper(std::function<void()> task) {
   static const bool registered = pthread_atfork(nullptr, nullptr, forget_worker_in_child) == 0;
   (void)registered;
-  offers_made.fetch_add(1, std::memory_order_relaxed);
+  count_offer();
   Worker* w = worker.load();
   // The tasks the helper has finished are destroyed here, on a caller's thread, never on the
   // helper: a task may hold the last reference to a tensor Python also knows (an output returned

@@ -10,8 +10,9 @@
 // the helper has not finished when it needs it, so the worst case is the one-thread time. And the
 // helper runs in the idle scheduling class (SCHED_IDLE): on a machine busy with other programs it
 // does not take a share of a core from its own caller either, and on an idle core it runs at full
-// speed.
-
+// speed. (Where the second core is held by torch's own OpenMP worker, spinning after one of torch's
+// parallel operations, the idle class gets nothing there: openmp_teammate.h then hands the same
+// blocks to that worker instead.)
 //
 // A task runs after its caller may have returned, so it must own (share) everything it touches.
 // After fork() the child process starts without the parent's worker and makes its own when offered
@@ -33,18 +34,35 @@ int caller_threads();
 // results are the same bits either way.
 bool helper_available();
 
-// The CPU time the helper thread has run for (ns), or -1 before it has started: a caller waiting
-// for a block the helper is computing tells from it whether the helper is running or preempted.
-int64_t helper_cpu_ns();
+// The calling thread's CPU-time clock, as a number any thread may read with thread_cpu_ns (-1
+// where there is none): a caller waiting for a block the helper is computing tells from it whether
+// the helper is running or preempted.
+int64_t this_thread_cpu_clock();
+
+// The CPU time (ns) a thread has run for, by its clock from this_thread_cpu_clock(); -1 for the
+// clock -1 or a thread that has ended.
+int64_t thread_cpu_ns(int64_t clock);
 
 // The floating-point control (x86's MXCSR; 0 elsewhere) the helper ran its latest task under: the
 // control of the thread that offered it (for the tests).
 unsigned helper_float_control();
 
-// How many tasks calls have offered the helper since the process started, whether it took them or
-// not (for the tests: a call that should use two cores offers work; whether the helper gets to it
-// depends on the machine's load).
+// How many tasks calls have offered a second thread (the helper, or torch's OpenMP worker:
+// openmp_teammate.h) since the process started, whether it took them or not (for the tests: a call
+// that should use two cores offers work; whether the second thread gets to it depends on the
+// machine's load).
 int64_t helper_offers();
+void count_offer();
+
+// This thread's floating-point control (x86's MXCSR; 0 elsewhere).
+unsigned float_control();
+
+// Runs `task` on this thread as the helper runs its tasks: BLAS and ATen single-threaded, below
+// autograd, under the floating-point control `control` of the thread that offered it (a block must
+// compute the same bits on either thread, denormals included), exceptions dropped (the caller
+// computes whatever a failed task left unfinished, and meets the error itself if it is not the
+// helper's alone). The thread's own control is restored after.
+void run_as_helper(const std::function<void()>& task, unsigned control);
 
 // Queues `task` for the helper thread (started on first use) and returns at once: true if queued,
 // false if the helper is too far behind to take it (the caller then does all of its work).

@@ -34,6 +34,7 @@
 #include "../layer/layer_args.h"
 #include "helper_thread.h"
 #include "kernels.h"
+#include "openmp_teammate.h"
 #include "recurrence_cpu.h"
 #include "step_blocks.h"
 
@@ -85,6 +86,7 @@ struct SharedSteps {
   // Helper: its part of every step, until the call ends or the caller stops waiting for it. A step
   // whose part the caller took back is skipped.
   void help() {
+    helper_clock.store(this_thread_cpu_clock(), std::memory_order_release);
     const int64_t n = H - split;
     for (int64_t t = 0; t < steps; ++t) {
       for (int64_t spins = 1; caller_done.load(std::memory_order_acquire) < t - 1; ++spins) {
@@ -108,8 +110,9 @@ struct SharedSteps {
   }
 
   // Caller: every step, with the helper's parts where it publishes them in time (helper_offered:
-  // it was offered the task), then h_n into `h_n` (B, H). After kMaxTakeBacks steps taken back from
-  // a helper that was computing them, it stops waiting for the helper for the rest of the call.
+  // a second thread may run help()), then h_n into `h_n` (B, H). After kMaxTakeBacks steps taken
+  // back from a helper that was computing them, it stops waiting for the helper for the rest of the
+  // call.
   void run(bool helper_offered, at::Tensor& h_n) {
     using Clock = std::chrono::steady_clock;
     bool helper = helper_offered;
@@ -173,7 +176,8 @@ struct SharedSteps {
     constexpr auto kRunningCheck = std::chrono::microseconds(20);
     const auto start = Clock::now();
     auto checked = start;
-    int64_t cpu = helper_cpu_ns();
+    const int64_t clock = helper_clock.load(std::memory_order_acquire);
+    int64_t cpu = thread_cpu_ns(clock);
     bool give_up = helper_on.load(std::memory_order_acquire) != t;
     for (int64_t spins = 1;; ++spins) {
       int64_t seen = resolved.load(std::memory_order_acquire);
@@ -189,7 +193,7 @@ struct SharedSteps {
       const auto now = Clock::now();
       give_up = now - start > budget;
       if (!give_up && now - checked > kRunningCheck) {
-        const int64_t cpu_now = helper_cpu_ns();  // -1 where unknown: then only the budget counts
+        const int64_t cpu_now = thread_cpu_ns(clock);  // -1 where unknown: then the budget alone
         give_up = cpu >= 0 && cpu_now - cpu < (now - checked).count() / 2;
         cpu = cpu_now;
         checked = now;
@@ -219,7 +223,10 @@ struct SharedSteps {
   // caller took it back (so -1 before the first step).
   std::atomic<int64_t> resolved{-1};
   std::atomic<int64_t> helper_on{-1};  // the step the helper is computing (or skipping)
-  std::atomic<bool> stopped{false};    // the caller no longer waits for the helper in this call
+  // The CPU-time clock of the thread running help() (the helper thread or torch's OpenMP worker:
+  // openmp_teammate.h), -1 before it starts.
+  std::atomic<int64_t> helper_clock{-1};
+  std::atomic<bool> stopped{false};  // the caller no longer waits for the helper in this call
   std::atomic<bool> closed{false};
 };
 
@@ -229,9 +236,11 @@ template <typename T>
 void forward_shared(const DirectionLoop<T>& p, const at::Tensor& out, at::Tensor& state) {
   const CallWithHelper call;  // first: the helper spins, not sleeps, while W_hh is transposed
   auto shared = std::make_shared<SharedSteps<T>>(p, out, state);
-  const CloseOnExit close(*shared);
-  const bool offered = helper_available() && offer_to_helper([shared] { shared->help(); });
-  shared->run(offered, state);
+  beside_helper([shared] { shared->help(); },
+                [&] {
+                  const CloseOnExit close(*shared);
+                  shared->run(helper_available(), state);
+                });
 }
 
 }  // namespace rnnkern::cpu

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "helper_thread.h"
+#include "openmp_teammate.h"
 #include "step_blocks.h"
 
 namespace rnnkern::cpu {
@@ -71,6 +72,7 @@ struct Split {
 
   // Helper: blocks from the last down, into buffers of its own, until it meets the caller.
   void help() {
+    helper_clock.store(this_thread_cpu_clock(), std::memory_order_release);
     for (;;) {
       // Stored before the claim, so that the caller never reads an earlier block's time.
       last_claim.store(Clock::now().time_since_epoch().count(), std::memory_order_release);
@@ -92,6 +94,9 @@ struct Split {
   std::vector<Tensors> results;           // [j]: block j's, when the helper computed it
   std::atomic<int64_t> last_claim{0};     // when the helper claimed its latest block (Clock ticks)
   std::atomic<int64_t> ticks_per_row{0};  // the helper's pace over its latest finished block
+  // The CPU-time clock of the thread running help() (the helper thread or torch's OpenMP worker:
+  // openmp_teammate.h), -1 before it starts.
+  std::atomic<int64_t> helper_clock{-1};
 };
 static_assert(std::is_same_v<Clock::rep, int64_t>, "Split::last_claim holds Clock ticks");
 
@@ -101,7 +106,7 @@ struct BlockResult {
   bool by_helper = false;
 };
 
-// How often a caller waiting for the helper checks that the helper is running (helper_cpu_ns):
+// How often a caller waiting for the helper checks that the helper is running (its CPU clock):
 // a few scheduler ticks' worth of nothing is then noticed within this.
 constexpr auto kRunningCheck = std::chrono::microseconds(20);
 
@@ -127,14 +132,15 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto start = Clock::now();
   if (due - start > block_time / 2) return;  // not worth waiting for
   auto since = start;
-  int64_t cpu_since = helper_cpu_ns();
+  const int64_t clock = split.helper_clock.load(std::memory_order_acquire);
+  int64_t cpu_since = thread_cpu_ns(clock);
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     cpu_pause();
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
     if (now - start > block_time / 2 || (cpu_since < 0 && now > due)) return;
     if (cpu_since < 0 || now - since < kRunningCheck) continue;
-    const int64_t cpu = helper_cpu_ns();
+    const int64_t cpu = thread_cpu_ns(clock);
     const int64_t passed =
         std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
     if (cpu - cpu_since < passed / 2) return;  // not running: preempted
@@ -159,26 +165,29 @@ std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
     return results;
   }
   auto split = std::make_shared<Split>(fn, b, make);
-  const CloseOnExit close(split->blocks);
-  offer_to_helper([split] { split->help(); });
-  int64_t j = 0;
-  // The caller's fastest block: a block during which the caller itself was preempted must not
-  // make it wait longer for the helper.
-  auto block_time = Clock::duration::max();
-  for (; j < b.count && split->blocks.claim_free(j); ++j) {
-    const auto start = Clock::now();
-    compute(j);
-    block_time = std::min(block_time, Clock::now() - start);
-  }
-  // Blocks [j, count) are the helper's, finished except perhaps block j, which it started last:
-  // take the finished ones first, giving it the most time.
-  for (int64_t i = b.count - 1; i >= j; --i) {
-    if (i == j && block_time != Clock::duration::max()) wait_a_block(*split, i, block_time);
-    if (split->blocks.take(i))
-      results[i] = {std::move(split->results[i]), true};  // the helper no longer touches it
-    else
-      compute(i);
-  }
+  beside_helper([split] { split->help(); },
+                [&] {
+                  const CloseOnExit close(split->blocks);
+                  int64_t j = 0;
+                  // The caller's fastest block: a block during which the caller itself was
+                  // preempted must not make it wait longer for the helper.
+                  auto block_time = Clock::duration::max();
+                  for (; j < b.count && split->blocks.claim_free(j); ++j) {
+                    const auto start = Clock::now();
+                    compute(j);
+                    block_time = std::min(block_time, Clock::now() - start);
+                  }
+                  // Blocks [j, count) are the helper's, finished except perhaps block j, which it
+                  // started last: take the finished ones first, giving it the most time.
+                  for (int64_t i = b.count - 1; i >= j; --i) {
+                    if (i == j && block_time != Clock::duration::max())
+                      wait_a_block(*split, i, block_time);
+                    if (split->blocks.take(i))
+                      results[i] = {std::move(split->results[i]), true};  // no longer the helper's
+                    else
+                      compute(i);
+                  }
+                });
   return results;
 }
 

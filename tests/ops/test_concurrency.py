@@ -519,3 +519,80 @@ def test_shared_steps_taken_back_on_a_busy_machine() -> None:
             process.wait()
         torch.set_num_threads(threads)
     assert_bitwise(forward(ours, x, h0), expected, "after the load")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pipelined",
+        "pipelined_f64",
+        "short_pipelined_odd",
+        "split_rows",
+        "column_blocks",
+        "shared_steps",
+    ],
+)
+@pytest.mark.parametrize("mode", ["team", "thread"])
+def test_second_thread_as_openmp_teammate_or_helper_thread_gives_the_same_bits(name, mode) -> None:
+    """A pipelined call's second thread is torch's OpenMP worker (a team of two) when that worker
+    is spinning on the second core anyway, else the helper thread (csrc/cpu/openmp_teammate.h).
+    Either way every block computes the same bits as on one thread: here each is forced in turn,
+    and a team's call must really have run as one."""
+    config, _, _, dtype = CONFIGS[name]
+    theirs, ours = rnn_pair(dtype=dtype, **config)
+    ((x, h0),) = make_inputs(name, 1, seed=11)
+    threads = torch.get_num_threads()
+    previous = rnnkern._C.set_teammate_mode(mode)
+    try:
+        torch.set_num_threads(1)
+        expected = forward_backward(ours, x, h0)
+        torch.set_num_threads(2)
+        for call in range(3):
+            teams = rnnkern._C.team_calls()
+            result = forward_backward(ours, x, h0)
+            ran_as_team = rnnkern._C.team_calls() - teams
+            assert_bitwise(result, expected, f"call {call}, second thread {mode}, vs one thread")
+            assert (ran_as_team > 0) == (mode == "team"), ran_as_team
+    finally:
+        rnnkern._C.set_teammate_mode(previous)
+        torch.set_num_threads(threads)
+    assert_matches_nn_rnn(expected, forward_backward(theirs, x, h0), dtype)
+
+
+def test_teammate_mode_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="'auto', 'team' or 'thread', got 'omp'"):
+        rnnkern._C.set_teammate_mode("omp")
+    assert rnnkern._C.set_teammate_mode("auto") == "auto"
+
+
+FORK_AFTER_TEAMS = """
+import os, signal, torch, rnnkern
+torch.set_num_threads(2)
+rnnkern._C.set_teammate_mode("team")
+torch.manual_seed(0)
+model = rnnkern.RNN(24, 32)
+x = torch.randn(160, 2, 24)
+with torch.no_grad():
+    expected = model(x)[0]
+assert rnnkern._C.team_calls() > 0
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a child that hangs ends, and says so by its exit status
+    with torch.no_grad():
+        ok = torch.equal(model(x)[0], expected)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_of_a_process_that_ran_teams_computes() -> None:
+    """GNU OpenMP cannot start a team in the child of a fork() once the parent had one (the team
+    waits forever for the parent's pool threads): a child's calls must use the helper thread,
+    even where the parent's calls ran as OpenMP teams, and give the parent's bits."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_TEAMS], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "child exit 0" in result.stdout, result.stdout + result.stderr

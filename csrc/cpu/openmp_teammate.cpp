@@ -1,0 +1,127 @@
+// openmp_teammate.h: a call's second thread, torch's OpenMP worker or the helper thread.
+#include "openmp_teammate.h"
+
+#include <omp.h>
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <utility>
+
+#include "helper_thread.h"
+
+namespace rnnkern::cpu {
+namespace {
+
+// After a team call that showed another program on the cores, how long calls use the helper
+// thread instead: a team call under such load costs about a scheduler time slice (milliseconds),
+// and its worker then spins on for its spin count; once a half second keeps that under 1% of the
+// time.
+constexpr int64_t kBackOffNs = 500'000'000;
+
+// A team call's wait at its closing barrier for the worker to finish the block it is on (the
+// caller has closed the hand-off) beyond which, if the worker did not run for most of it, the
+// worker counts as preempted: a few scheduler ticks' worth of microseconds.
+constexpr int64_t kLongWaitNs = 50'000;
+
+std::atomic<int> mode{static_cast<int>(TeammateMode::kAuto)};
+std::atomic<int64_t> teams_allowed_from_ns{0};  // steady clock: the end of the latest back-off
+std::atomic<int64_t> teams{0};
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t own_cpu_ns() { return thread_cpu_ns(this_thread_cpu_clock()); }
+
+// torch's OpenMP worker of this thread's pool (the second thread of its teams), by its CPU-time
+// clock as the latest team of this thread's saw it (-1 before any): for telling, when the caller
+// waits for it at the end of a team, whether it is running.
+thread_local int64_t worker_clock_seen = -1;
+
+// Set in the child of a fork(): GNU OpenMP cannot start a team there once the parent had one (the
+// parent's pool threads are gone, and the team waits for them forever; torch's own parallel
+// operations hang there too), so a child's calls use the helper thread, which it starts afresh.
+std::atomic<bool> forked_child{false};
+
+bool use_team() {
+  static const bool registered =
+      pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); }) == 0;
+  (void)registered;
+  if (forked_child.load(std::memory_order_relaxed)) return false;
+  const auto m = static_cast<TeammateMode>(mode.load(std::memory_order_relaxed));
+  if (m != TeammateMode::kAuto) return m == TeammateMode::kOpenMPTeam;
+  // torch's team is larger than two (a team of two would end the pool's other threads, which
+  // torch's next operation starts again), or this call already runs in someone's parallel region.
+  if (caller_threads() != 2 || omp_in_parallel()) return false;
+  return now_ns() >= teams_allowed_from_ns.load(std::memory_order_relaxed);
+}
+
+void run_team(const std::function<void()>& helper_part, const std::function<void()>& caller_part) {
+  const unsigned control = float_control();
+  std::exception_ptr error;
+  int64_t caller_done = 0, worker_cpu_at_done = -1;
+  const int64_t start = now_ns();
+  const int64_t cpu_start = own_cpu_ns();
+  // The worker's clock as the worker itself tells it (inside the team, worker_clock_seen is each
+  // thread's own).
+  std::atomic<int64_t> worker_clock{worker_clock_seen};
+#pragma omp parallel num_threads(2)
+  {
+    // A team of one (OpenMP's thread limit reached) leaves all of the work to the caller.
+    if (omp_get_thread_num() == 0) {
+      try {
+        caller_part();
+      } catch (...) {
+        error = std::current_exception();
+      }
+      caller_done = now_ns();
+      worker_cpu_at_done = thread_cpu_ns(worker_clock.load(std::memory_order_acquire));
+    } else {
+      worker_clock.store(this_thread_cpu_clock(), std::memory_order_release);
+      run_as_helper(helper_part, control);
+    }
+  }
+  const int64_t end = now_ns();
+  const int64_t wall = end - start;
+  // A long wait for a worker that did not run for most of it (or had not started): preempted.
+  worker_clock_seen = worker_clock.load(std::memory_order_acquire);
+  const int64_t wait = end - caller_done;
+  const bool waited_long =
+      wait > kLongWaitNs &&
+      (worker_cpu_at_done < 0 || thread_cpu_ns(worker_clock_seen) - worker_cpu_at_done < wait / 2);
+  const bool caller_preempted = own_cpu_ns() - cpu_start < wall - wall / 10;
+  if (waited_long || caller_preempted)
+    teams_allowed_from_ns.store(end + kBackOffNs, std::memory_order_relaxed);
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+void beside_helper(std::function<void()> helper_part, const std::function<void()>& caller_part) {
+  if (!helper_available()) {
+    caller_part();
+    return;
+  }
+  if (use_team()) {
+    count_offer();
+    teams.fetch_add(1, std::memory_order_relaxed);
+    run_team(helper_part, caller_part);
+    return;
+  }
+  offer_to_helper(std::move(helper_part));
+  caller_part();
+}
+
+TeammateMode set_teammate_mode(TeammateMode m) {
+  return static_cast<TeammateMode>(mode.exchange(static_cast<int>(m)));
+}
+
+int64_t team_calls() { return teams.load(std::memory_order_relaxed); }
+
+}  // namespace rnnkern::cpu
