@@ -354,7 +354,7 @@ void backward_loop(BackwardCall& c) {
     auto behind = std::make_shared<GradientsBehind<scalar_t>>(c);
     std::vector<scalar_t> sums;
     beside_helper([behind] { behind->help(); },
-                  [&] {
+                  [&](bool) {
                     const CloseOnExit close(behind->blocks);
                     sums.assign(static_cast<size_t>(behind->gradients.size()), scalar_t(0));
                     int64_t added = 0;

@@ -272,7 +272,7 @@ void forward_loop(ForwardCall& c) {
     const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
     auto ahead = std::make_shared<ProjectionAhead<scalar_t>>(c);
     beside_helper([ahead] { ahead->help(); },
-                  [&] {
+                  [&](bool) {
                     const CloseOnExit close(ahead->blocks);
                     scalar_t* out = c.out.data_ptr<scalar_t>();
                     const int64_t S = ahead->steps_per_block;

@@ -177,13 +177,13 @@ unsigned float_control() {
 }
 
 void run_as_helper(const std::function<void()>& task, unsigned control) {
-  const SingleThreaded single_threaded;
-  // Like the caller's kernels, the tasks' ATen calls are below autograd.
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const unsigned own = float_control();
-  set_float_control(control);
-  latest_task_control.store(float_control(), std::memory_order_relaxed);
-  try {
+  try {  // nothing may escape: on a team's thread an exception would end the process
+    const SingleThreaded single_threaded;
+    // Like the caller's kernels, the tasks' ATen calls are below autograd.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    set_float_control(control);
+    latest_task_control.store(float_control(), std::memory_order_relaxed);
     task();
   } catch (...) {
   }

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "helper_thread.h"
+#include "step_blocks.h"
 
 namespace rnnkern::cpu {
 namespace {
@@ -47,12 +48,12 @@ thread_local int64_t worker_clock_seen = -1;
 // Set in the child of a fork(): GNU OpenMP cannot start a team there once the parent had one (the
 // parent's pool threads are gone, and the team waits for them forever; torch's own parallel
 // operations hang there too), so a child's calls use the helper thread, which it starts afresh.
+// Registered as the library loads, so that it covers every fork() after.
 std::atomic<bool> forked_child{false};
+[[maybe_unused]] const bool fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); }) == 0;
 
 bool use_team() {
-  static const bool registered =
-      pthread_atfork(nullptr, nullptr, [] { forked_child.store(true); }) == 0;
-  (void)registered;
   if (forked_child.load(std::memory_order_relaxed)) return false;
   const auto m = static_cast<TeammateMode>(mode.load(std::memory_order_relaxed));
   if (m != TeammateMode::kAuto) return m == TeammateMode::kOpenMPTeam;
@@ -62,10 +63,11 @@ bool use_team() {
   return now_ns() >= teams_allowed_from_ns.load(std::memory_order_relaxed);
 }
 
-void run_team(const std::function<void()>& helper_part, const std::function<void()>& caller_part) {
+void run_team(const std::function<void()>& helper_part,
+              const std::function<void(bool)>& caller_part) {
   const unsigned control = float_control();
   std::exception_ptr error;
-  int64_t caller_done = 0, worker_cpu_at_done = -1;
+  int64_t caller_done = 0, worker_cpu_at_done = -1, clock_at_done = -1;
   const int64_t start = now_ns();
   const int64_t cpu_start = own_cpu_ns();
   // The worker's clock as the worker itself tells it (inside the team, worker_clock_seen is each
@@ -76,25 +78,29 @@ void run_team(const std::function<void()>& helper_part, const std::function<void
     // A team of one (OpenMP's thread limit reached) leaves all of the work to the caller.
     if (omp_get_thread_num() == 0) {
       try {
-        caller_part();
+        caller_part(omp_get_num_threads() == 2);
       } catch (...) {
         error = std::current_exception();
       }
       caller_done = now_ns();
-      worker_cpu_at_done = thread_cpu_ns(worker_clock.load(std::memory_order_acquire));
+      clock_at_done = worker_clock.load(std::memory_order_acquire);
+      worker_cpu_at_done = thread_cpu_ns(clock_at_done);
     } else {
       worker_clock.store(this_thread_cpu_clock(), std::memory_order_release);
+      on_a_team = true;
       run_as_helper(helper_part, control);
+      on_a_team = false;
     }
   }
   const int64_t end = now_ns();
   const int64_t wall = end - start;
-  // A long wait for a worker that did not run for most of it (or had not started): preempted.
+  // A long wait for a worker that did not run for most of it (or had not started, or was not the
+  // thread the caller read the clock of): preempted.
   worker_clock_seen = worker_clock.load(std::memory_order_acquire);
   const int64_t wait = end - caller_done;
   const bool waited_long =
-      wait > kLongWaitNs &&
-      (worker_cpu_at_done < 0 || thread_cpu_ns(worker_clock_seen) - worker_cpu_at_done < wait / 2);
+      wait > kLongWaitNs && (worker_cpu_at_done < 0 || clock_at_done != worker_clock_seen ||
+                             thread_cpu_ns(worker_clock_seen) - worker_cpu_at_done < wait / 2);
   const bool caller_preempted = own_cpu_ns() - cpu_start < wall - wall / 10;
   if (waited_long || caller_preempted)
     teams_allowed_from_ns.store(end + kBackOffNs, std::memory_order_relaxed);
@@ -103,9 +109,10 @@ void run_team(const std::function<void()>& helper_part, const std::function<void
 
 }  // namespace
 
-void beside_helper(std::function<void()> helper_part, const std::function<void()>& caller_part) {
+void beside_helper(std::function<void()> helper_part,
+                   const std::function<void(bool)>& caller_part) {
   if (!helper_available()) {
-    caller_part();
+    caller_part(false);
     return;
   }
   if (use_team()) {
@@ -114,8 +121,7 @@ void beside_helper(std::function<void()> helper_part, const std::function<void()
     run_team(helper_part, caller_part);
     return;
   }
-  offer_to_helper(std::move(helper_part));
-  caller_part();
+  caller_part(offer_to_helper(std::move(helper_part)));
 }
 
 TeammateMode set_teammate_mode(TeammateMode m) {

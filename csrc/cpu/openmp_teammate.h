@@ -27,9 +27,11 @@ namespace rnnkern::cpu {
 // second of a team of two, or offered to the helper thread (offer_to_helper), or not at all with
 // one thread. helper_part may so run after caller_part has returned, or never: caller_part must
 // compute whatever helper_part has not, and close their hand-off (CloseOnExit) before it returns,
-// which also ends helper_part. Exceptions from caller_part reach the caller; helper_part's are
-// dropped (the caller meets them again when it computes the same block).
-void beside_helper(std::function<void()> helper_part, const std::function<void()>& caller_part);
+// which also ends helper_part. caller_part's argument says whether a second thread may run
+// helper_part at all (false: one thread, a declined offer, a team of one). Exceptions from
+// caller_part reach the caller; helper_part's are dropped (the caller meets them again when it
+// computes the same block).
+void beside_helper(std::function<void()> helper_part, const std::function<void(bool)>& caller_part);
 
 // Which second thread beside_helper uses: kAuto as above, or always one (for the tests).
 enum class TeammateMode : int { kAuto = 0, kHelperThread = 1, kOpenMPTeam = 2 };

@@ -237,9 +237,9 @@ void forward_shared(const DirectionLoop<T>& p, const at::Tensor& out, at::Tensor
   const CallWithHelper call;  // first: the helper spins, not sleeps, while W_hh is transposed
   auto shared = std::make_shared<SharedSteps<T>>(p, out, state);
   beside_helper([shared] { shared->help(); },
-                [&] {
+                [&](bool second_thread) {
                   const CloseOnExit close(*shared);
-                  shared->run(helper_available(), state);
+                  shared->run(second_thread, state);
                 });
 }
 

@@ -166,7 +166,7 @@ std::vector<BlockResult> run_blocks(const RowBlocks& b, const RowBlockFn& fn,
   }
   auto split = std::make_shared<Split>(fn, b, make);
   beside_helper([split] { split->help(); },
-                [&] {
+                [&](bool) {
                   const CloseOnExit close(split->blocks);
                   int64_t j = 0;
                   // The caller's fastest block: a block during which the caller itself was

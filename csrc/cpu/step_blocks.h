@@ -46,6 +46,12 @@ inline void spin_pause(int64_t spins) {
     cpu_pause();
 }
 
+// Whether this thread runs a helper part as the second thread of an OpenMP team
+// (openmp_teammate.h): its waits then never sleep, so that the caller's closing barrier never
+// waits for its wake-up (a few tens of microseconds on a virtual machine, which would read as a
+// preempted worker). It holds the core anyway: torch's OpenMP worker spins when it has no work.
+inline thread_local bool on_a_team = false;
+
 inline int64_t block_count(int64_t steps, int64_t steps_per_block) {
   return (steps + steps_per_block - 1) / steps_per_block;
 }
@@ -113,7 +119,7 @@ class SharedBlocks {
       if (closed_.load(std::memory_order_acquire)) return -1;
       if (j >= ready_.load(std::memory_order_acquire) ||
           j >= consumed_.load(std::memory_order_acquire) + slots_) {
-        if (++spins < kSpinsBeforeSleep)
+        if (++spins < kSpinsBeforeSleep || on_a_team)
           spin_pause(spins);
         else
           progress_.wait(seen, std::memory_order_acquire);  // until progressed() changes it

@@ -565,16 +565,26 @@ def test_teammate_mode_names_are_checked() -> None:
     assert rnnkern._C.set_teammate_mode("auto") == "auto"
 
 
+# A parent that forks after its own calls ran as teams ("team"), or after torch's parallel
+# operations only, before any call of rnnkern's on two threads ("torch").
 FORK_AFTER_TEAMS = """
-import os, signal, torch, rnnkern
+import os, signal, sys, torch, rnnkern
 torch.set_num_threads(2)
-rnnkern._C.set_teammate_mode("team")
 torch.manual_seed(0)
 model = rnnkern.RNN(24, 32)
 x = torch.randn(160, 2, 24)
-with torch.no_grad():
-    expected = model(x)[0]
-assert rnnkern._C.team_calls() > 0
+if sys.argv[1] == "team":
+    rnnkern._C.set_teammate_mode("team")
+    with torch.no_grad():
+        expected = model(x)[0]
+    assert rnnkern._C.team_calls() > 0
+else:
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        expected = model(x)[0]
+    torch.set_num_threads(2)
+    a = torch.randn(512, 512)
+    torch.mm(a, a)  # torch's OpenMP team: the parent's pool threads
 pid = os.fork()
 if pid == 0:
     signal.alarm(30)  # a child that hangs ends, and says so by its exit status
@@ -587,12 +597,17 @@ print("child exit", os.waitstatus_to_exitcode(status))
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
-def test_forked_child_of_a_process_that_ran_teams_computes() -> None:
+@pytest.mark.parametrize("parent", ["team", "torch"])
+def test_forked_child_of_a_process_that_ran_teams_computes(parent: str) -> None:
     """GNU OpenMP cannot start a team in the child of a fork() once the parent had one (the team
     waits forever for the parent's pool threads): a child's calls must use the helper thread,
-    even where the parent's calls ran as OpenMP teams, and give the parent's bits."""
+    whether the parent's own calls ran as OpenMP teams or only torch's operations did, and give
+    the parent's bits."""
     result = subprocess.run(
-        [sys.executable, "-c", FORK_AFTER_TEAMS], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", FORK_AFTER_TEAMS, parent],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "child exit 0" in result.stdout, result.stdout + result.stderr
