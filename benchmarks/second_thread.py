@@ -21,25 +21,10 @@ import argparse
 import statistics
 import time
 
+from benchmarks.thread_loops import module_calls
+
 MODES = ("thread", "auto")
 ORDERS = ("after nn.RNN", "back to back")
-
-
-def _calls(model, x, g):
-    """(name, the call) for inference and a training step of `model`."""
-    import torch
-
-    def inference():
-        with torch.no_grad():
-            model(x)
-
-    def training():
-        for p in model.parameters():
-            p.grad = None
-        out, _ = model(x)
-        out.backward(g)
-
-    return (("inference", inference), ("forward+backward", training))
 
 
 def time_shape(shape: tuple[int, int, int], rounds: int, calls: int) -> dict:
@@ -56,7 +41,7 @@ def time_shape(shape: tuple[int, int, int], rounds: int, calls: int) -> dict:
     x = torch.randn(steps, batch, hidden)
     g = torch.randn(steps, batch, hidden)
     medians = {}
-    for (kind, call), (_, baseline) in zip(_calls(ours, x, g), _calls(theirs, x, g)):
+    for (kind, call), (_, baseline) in zip(module_calls(ours, x, g), module_calls(theirs, x, g)):
         times = {(mode, order): [] for mode in MODES for order in ORDERS}
         for _ in range(rounds):
             for mode in MODES:

@@ -22,8 +22,8 @@ import sys
 import time
 
 
-def _calls(model, x, g):
-    """(mode, the call timed) for inference and a training step."""
+def module_calls(model, x, g):
+    """(mode, the call timed) for inference and a training step of `model`."""
     import torch
 
     def inference():
@@ -54,7 +54,7 @@ def _time_shapes(threads: int, load: int, shapes: list[tuple[int, ...]], calls: 
             x = torch.randn(steps, batch, hidden)
             g = torch.randn(steps, batch, directions * hidden)
 
-            for mode, call in _calls(model, x, g):
+            for mode, call in module_calls(model, x, g):
                 for _ in range(3):
                     call()
                 times = []

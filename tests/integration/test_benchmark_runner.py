@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import rnnkern
 from benchmarks import gpu_sweep, implementations, run
 from benchmarks.implementations import Implementation
 
@@ -437,3 +438,14 @@ def test_outside_load_keeps_cores_busy_only_while_timing():
     assert not any(p.is_alive() for p in spinners)
     with outside_load(0) as none:
         assert none == []
+
+
+def test_second_thread_times_both_choices_and_leaves_the_mode_as_it_was():
+    from benchmarks import second_thread
+
+    medians = second_thread.time_shape((1, 8, 4), rounds=1, calls=1)
+    kinds = ("inference", "forward+backward")
+    expected = {(k, m, o) for k in kinds for m in second_thread.MODES for o in second_thread.ORDERS}
+    assert set(medians) == expected
+    assert all(us > 0 for us in medians.values())
+    assert rnnkern._C.set_teammate_mode("auto") == "auto"

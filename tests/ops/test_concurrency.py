@@ -611,3 +611,33 @@ def test_forked_child_of_a_process_that_ran_teams_computes(parent: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "child exit 0" in result.stdout, result.stdout + result.stderr
+
+
+def test_teams_give_way_to_the_helper_thread_on_a_busy_machine() -> None:
+    """With both cores kept busy by other processes, a team's closing barrier waits for a worker
+    the machine does not schedule: after such a call, calls must go to the helper thread (which
+    nobody waits for) for a while, and give the bits of one thread all along."""
+    name = "pipelined"
+    config, _, _, dtype = CONFIGS[name]
+    _, ours = rnn_pair(dtype=dtype, **config)
+    ((x, h0),) = make_inputs(name, 1, seed=13)
+    threads = torch.get_num_threads()
+    previous = rnnkern._C.set_teammate_mode("auto")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        torch.set_num_threads(1)
+        expected = forward(ours, x, h0)
+        torch.set_num_threads(2)
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline, "every call on the busy machine ran as a team"
+            teams, offers = rnnkern._C.team_calls(), rnnkern._C.helper_offers()
+            assert_bitwise(forward(ours, x, h0), expected, "a busy machine, two threads")
+            if rnnkern._C.helper_offers() > offers and rnnkern._C.team_calls() == teams:
+                break  # offered to the helper thread, not run as a team
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        rnnkern._C.set_teammate_mode(previous)
+        torch.set_num_threads(threads)
