@@ -5,27 +5,27 @@
 #include <pthread.h>
 #include <time.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <exception>
 #include <utility>
 
 #include "helper_thread.h"
-#include "step_blocks.h"
+#include "step_blocks.h"  // on_a_team
 
 namespace rnnkern::cpu {
 namespace {
 
 // After a team call that showed another program on the cores, how long calls use the helper
-// thread instead: a team call under such load costs about a scheduler time slice (milliseconds),
-// and its worker then spins on for its spin count; once a half second keeps that under 1% of the
-// time.
+// thread instead. Under one busy core a team call (the probe) took 12-20 ms at 1,64,512 and
+// 1,256,256 against 0.4-2 ms, and its worker then spins on for its spin count (PERFORMANCE.md,
+// version 23): once a half second, a few percent of the time.
 constexpr int64_t kBackOffNs = 500'000'000;
 
-// A team call's wait at its closing barrier for the worker to finish the block it is on (the
-// caller has closed the hand-off) beyond which, if the worker did not run for most of it, the
-// worker counts as preempted: a few scheduler ticks' worth of microseconds.
+// A team call's wait at its closing barrier beyond which the worker counts as preempted if it ran
+// for less than half of the wait (a worker running through a long block is waited for, whatever
+// the block's length): longer than a running teammate takes to see the hand-off closed (it never
+// sleeps while on a team), far shorter than a scheduler time slice (milliseconds).
 constexpr int64_t kLongWaitNs = 50'000;
 
 std::atomic<int> mode{static_cast<int>(TeammateMode::kAuto)};

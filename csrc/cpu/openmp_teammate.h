@@ -15,8 +15,12 @@
 // on a core of its own the wait is at most the block it is on; but a worker that another program
 // has preempted is waited for until it is scheduled again, milliseconds, and a worker spinning
 // after the call makes three busy threads on two cores, which slows the caller (version 10). So a
-// team call that waited long at its end, or during which the caller itself did not get its core,
-// sends the calls of the next kBackOff to the helper thread, whose worst case is one thread's time.
+// team call that waited long at its end for a worker that was not running, or during which the
+// caller itself did not get its core, sends the next half second's calls to the helper thread,
+// whose worst case is one thread's time.
+//
+// Teams are used (kAuto) only where torch runs exactly two threads (a team of two in a larger pool
+// would end its other threads), outside any parallel region, and never in the child of a fork().
 #pragma once
 
 #include <functional>
