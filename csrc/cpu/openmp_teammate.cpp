@@ -17,7 +17,7 @@ namespace rnnkern::cpu {
 namespace {
 
 // After a team call that showed another program on the cores, how long calls use the helper
-// thread instead. Under one busy core a team call (the probe) took 12-20 ms at 1,64,512 and
+// thread instead. Under one busy core a team call (the probe) took 7-20 ms at 1,64,512 and
 // 1,256,256 against 0.4-2 ms, and its worker then spins on for its spin count (PERFORMANCE.md,
 // version 23): once a half second, a few percent of the time.
 constexpr int64_t kBackOffNs = 500'000'000;
