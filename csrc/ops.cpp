@@ -102,8 +102,10 @@ PYBIND11_MODULE(_C, module) {
 #endif
       },
       "Whether this build compiled rnnkern's CUDA kernels (csrc/cuda/).");
-  module.def("helper_offers", &rnnkern::cpu::helper_offers,
-             "How many tasks the CPU kernels' helper thread has been offered in this process.");
+  module.def(
+      "helper_offers", &rnnkern::cpu::helper_offers,
+      "How many tasks the CPU kernels have offered a second thread (the helper thread, or torch's "
+      "OpenMP worker as a team) in this process.");
   module.def("team_calls", &rnnkern::cpu::team_calls,
              "How many CPU calls in this process ran their second thread's part on torch's OpenMP "
              "worker (a team of two) rather than on the helper thread.");

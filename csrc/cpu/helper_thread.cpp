@@ -81,19 +81,13 @@ constexpr int64_t kSpinBeforeSleepNs = 2'000'000;
 std::atomic<int> calls_in_flight{0};
 std::atomic<int64_t> last_activity_ns{0};  // steady_clock: the last call's end or task's end
 
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // Whether a task is queued, spinning for one while a call is in flight and kSpinBeforeSleepNs
 // after.
 bool spin_for_task(Worker* w) {
   for (int64_t spins = 1;; ++spins) {
     if (w->queued.load(std::memory_order_acquire) > 0) return true;
     if (spins % 64 == 0 && calls_in_flight.load(std::memory_order_acquire) == 0 &&
-        now_ns() > last_activity_ns.load(std::memory_order_acquire) + kSpinBeforeSleepNs)
+        steady_now_ns() > last_activity_ns.load(std::memory_order_acquire) + kSpinBeforeSleepNs)
       return false;
     cpu_pause();
   }
@@ -120,7 +114,7 @@ void run_tasks(Worker* w) {
       w->queued.store(w->tasks.size(), std::memory_order_release);
     }
     run_as_helper(task.run, task.float_control);
-    last_activity_ns.store(now_ns(), std::memory_order_release);
+    last_activity_ns.store(steady_now_ns(), std::memory_order_release);
     const std::lock_guard<std::mutex> lock(w->mutex);
     w->finished.push_back(std::move(task.run));
   }
@@ -149,6 +143,12 @@ int caller_threads() {
 }
 
 bool helper_available() { return caller_threads() >= 2; }
+
+int64_t steady_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 int64_t this_thread_cpu_clock() {
   clockid_t clock{};
@@ -233,7 +233,7 @@ bool offer_to_helper(std::function<void()> task) {
 CallWithHelper::CallWithHelper() { calls_in_flight.fetch_add(1, std::memory_order_acq_rel); }
 
 CallWithHelper::~CallWithHelper() {
-  last_activity_ns.store(now_ns(), std::memory_order_release);
+  last_activity_ns.store(steady_now_ns(), std::memory_order_release);
   calls_in_flight.fetch_sub(1, std::memory_order_acq_rel);
 }
 

@@ -19,6 +19,7 @@
 // work (nothing of the parent's queue is run twice).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 
@@ -43,6 +44,22 @@ int64_t this_thread_cpu_clock();
 // clock -1 or a thread that has ended.
 int64_t thread_cpu_ns(int64_t clock);
 
+// The CPU-time clock of whichever thread runs a hand-off's helper part (the helper thread, or
+// torch's OpenMP worker: openmp_teammate.h), published by that thread as the part starts: a caller
+// waiting for a block tells from it whether that thread is running or preempted.
+class HelperClock {
+ public:
+  void publish() { clock_.store(this_thread_cpu_clock(), std::memory_order_release); }
+  // The clock, for thread_cpu_ns: -1 before the part has started.
+  int64_t id() const { return clock_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<int64_t> clock_{-1};
+};
+
+// The steady clock's time in nanoseconds.
+int64_t steady_now_ns();
+
 // The floating-point control (x86's MXCSR; 0 elsewhere) the helper ran its latest task under: the
 // control of the thread that offered it (for the tests).
 unsigned helper_float_control();
@@ -52,7 +69,7 @@ unsigned helper_float_control();
 // that should use two cores offers work; whether the second thread gets to it depends on the
 // machine's load).
 int64_t helper_offers();
-void count_offer();
+void count_offer();  // one more offer, by a call that hands its part to a team instead
 
 // This thread's floating-point control (x86's MXCSR; 0 elsewhere).
 unsigned float_control();

@@ -6,7 +6,6 @@
 #include <time.h>
 
 #include <atomic>
-#include <chrono>
 #include <exception>
 #include <utility>
 
@@ -32,12 +31,6 @@ std::atomic<int> mode{static_cast<int>(TeammateMode::kAuto)};
 std::atomic<int64_t> teams_allowed_from_ns{0};  // steady clock: the end of the latest back-off
 std::atomic<int64_t> teams{0};
 
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 int64_t own_cpu_ns() { return thread_cpu_ns(this_thread_cpu_clock()); }
 
 // torch's OpenMP worker of this thread's pool (the second thread of its teams), by its CPU-time
@@ -60,7 +53,7 @@ bool use_team() {
   // torch's team is larger than two (a team of two would end the pool's other threads, which
   // torch's next operation starts again), or this call already runs in someone's parallel region.
   if (caller_threads() != 2 || omp_in_parallel()) return false;
-  return now_ns() >= teams_allowed_from_ns.load(std::memory_order_relaxed);
+  return steady_now_ns() >= teams_allowed_from_ns.load(std::memory_order_relaxed);
 }
 
 void run_team(const std::function<void()>& helper_part,
@@ -68,7 +61,7 @@ void run_team(const std::function<void()>& helper_part,
   const unsigned control = float_control();
   std::exception_ptr error;
   int64_t caller_done = 0, worker_cpu_at_done = -1, clock_at_done = -1;
-  const int64_t start = now_ns();
+  const int64_t start = steady_now_ns();
   const int64_t cpu_start = own_cpu_ns();
   // The worker's clock as the worker itself tells it (inside the team, worker_clock_seen is each
   // thread's own).
@@ -82,7 +75,7 @@ void run_team(const std::function<void()>& helper_part,
       } catch (...) {
         error = std::current_exception();
       }
-      caller_done = now_ns();
+      caller_done = steady_now_ns();
       clock_at_done = worker_clock.load(std::memory_order_acquire);
       worker_cpu_at_done = thread_cpu_ns(clock_at_done);
     } else {
@@ -92,7 +85,7 @@ void run_team(const std::function<void()>& helper_part,
       on_a_team = false;
     }
   }
-  const int64_t end = now_ns();
+  const int64_t end = steady_now_ns();
   const int64_t wall = end - start;
   // A long wait for a worker that did not run for most of it (or had not started, or was not the
   // thread the caller read the clock of): preempted.

@@ -86,7 +86,7 @@ struct SharedSteps {
   // Helper: its part of every step, until the call ends or the caller stops waiting for it. A step
   // whose part the caller took back is skipped.
   void help() {
-    helper_clock.store(this_thread_cpu_clock(), std::memory_order_release);
+    helper_clock.publish();
     const int64_t n = H - split;
     for (int64_t t = 0; t < steps; ++t) {
       for (int64_t spins = 1; caller_done.load(std::memory_order_acquire) < t - 1; ++spins) {
@@ -176,7 +176,7 @@ struct SharedSteps {
     constexpr auto kRunningCheck = std::chrono::microseconds(20);
     const auto start = Clock::now();
     auto checked = start;
-    const int64_t clock = helper_clock.load(std::memory_order_acquire);
+    const int64_t clock = helper_clock.id();
     int64_t cpu = thread_cpu_ns(clock);
     bool give_up = helper_on.load(std::memory_order_acquire) != t;
     for (int64_t spins = 1;; ++spins) {
@@ -223,10 +223,8 @@ struct SharedSteps {
   // caller took it back (so -1 before the first step).
   std::atomic<int64_t> resolved{-1};
   std::atomic<int64_t> helper_on{-1};  // the step the helper is computing (or skipping)
-  // The CPU-time clock of the thread running help() (the helper thread or torch's OpenMP worker:
-  // openmp_teammate.h), -1 before it starts.
-  std::atomic<int64_t> helper_clock{-1};
-  std::atomic<bool> stopped{false};  // the caller no longer waits for the helper in this call
+  HelperClock helper_clock;            // of the thread running help()
+  std::atomic<bool> stopped{false};    // the caller no longer waits for the helper in this call
   std::atomic<bool> closed{false};
 };
 

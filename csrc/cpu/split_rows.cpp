@@ -72,7 +72,7 @@ struct Split {
 
   // Helper: blocks from the last down, into buffers of its own, until it meets the caller.
   void help() {
-    helper_clock.store(this_thread_cpu_clock(), std::memory_order_release);
+    helper_clock.publish();
     for (;;) {
       // Stored before the claim, so that the caller never reads an earlier block's time.
       last_claim.store(Clock::now().time_since_epoch().count(), std::memory_order_release);
@@ -94,9 +94,7 @@ struct Split {
   std::vector<Tensors> results;           // [j]: block j's, when the helper computed it
   std::atomic<int64_t> last_claim{0};     // when the helper claimed its latest block (Clock ticks)
   std::atomic<int64_t> ticks_per_row{0};  // the helper's pace over its latest finished block
-  // The CPU-time clock of the thread running help() (the helper thread or torch's OpenMP worker:
-  // openmp_teammate.h), -1 before it starts.
-  std::atomic<int64_t> helper_clock{-1};
+  HelperClock helper_clock;               // of the thread running help()
 };
 static_assert(std::is_same_v<Clock::rep, int64_t>, "Split::last_claim holds Clock ticks");
 
@@ -132,7 +130,7 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto start = Clock::now();
   if (due - start > block_time / 2) return;  // not worth waiting for
   auto since = start;
-  const int64_t clock = split.helper_clock.load(std::memory_order_acquire);
+  const int64_t clock = split.helper_clock.id();
   int64_t cpu_since = thread_cpu_ns(clock);
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     cpu_pause();
