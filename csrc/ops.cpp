@@ -28,8 +28,10 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cpu/elman_cpu.h"
 #include "cpu/helper_thread.h"
 #include "cpu/kernels.h"
 #include "cpu/openmp_teammate.h"
@@ -128,6 +130,13 @@ PYBIND11_MODULE(_C, module) {
       "For the tests: which second thread the CPU pipelines use, 'auto' (torch's OpenMP worker "
       "unless another program was seen on the cores lately, else the helper thread), 'team' or "
       "'thread' always; returns the previous mode.");
+  module.def(
+      "cpu_cell_kernel_bound",
+      [] {
+        return std::make_pair(rnnkern::cpu::kMaxCellKernelRows, rnnkern::cpu::kMaxCellKernelBatch);
+      },
+      "(rows, batch): the largest layer call, in rows in all (steps x batch) and rows a step, that "
+      "the CPU runs step by step on the cell kernel rather than on the long-sequence paths.");
   module.def(
       "helper_parts_taken_back", [] { return rnnkern::cpu::parts_taken_back.load(); },
       "How many steps' helper parts of a shared recurrence callers took back in this process.");

@@ -7,7 +7,8 @@
 // as the recurrence finishes them (step_blocks.h), computes dX itself once its loop is done, and
 // then adds the blocks' gradients in order, computing any the helper has not finished. Other layers
 // share their weight gradients and, at small batch, dX with the helper in blocks of rows
-// (split_rows.h).
+// (split_rows.h). A layer of only a few rows at small batch runs on the cell kernel, with no ATen
+// call (backward_on_cell_kernel).
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -329,10 +330,67 @@ struct ReverseBackward {
   Tensor dstate;
 };
 
+// The backward of a layer that ran forward on the cell kernel (short_on_cell_kernel), the same way:
+// every product reads the weights as they are stored, with no padded copy and no ATen call, as
+// the cell operator's backward does. Per direction, in the reverse of processing order,
+//   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh,
+// then over all of its rows at once dW_ih = dZ^T X, dW_hh = dZ^T H_prev and db = dZ^T 1 (each
+// element's sum over the rows in order), and dX = sum over directions of dZ_d W_ih_d. One thread
+// whatever torch's thread count: the same bits on one thread or two.
+template <typename T>
+void backward_on_cell_kernel(BackwardCall& c) {
+  const LayerShape& s = c.shape;
+  const SequenceLayout& L = s.layout;
+  const Kernels<T>& k = kernels<T>();
+  const Activation act = activation(c.relu);
+  const int64_t I = s.input_size, H = s.hidden, DH = s.directions * H, N = L.total_rows;
+  const Tensor x = c.x.contiguous();
+  const T* dy = c.dy.data_ptr<T>();
+  const T* y = c.y.data_ptr<T>();
+  T* dz = c.dz.data_ptr<T>();
+  if (c.need_input) c.grad_input = at::empty({N, I}, x.options());
+  Tensor prev = c.need_weights ? at::empty({N, H}, x.options()) : Tensor();
+  for (int64_t d = 0; d < s.directions; ++d) {
+    const Tensor w_hh = c.weight_hh.select(0, d).contiguous();
+    T* dstate = c.grad_h0.select(0, d).data_ptr<T>();  // dL/dh_n on entry, dL/dh0 on exit
+    for (int64_t i = 0; i < L.steps; ++i) {
+      const int64_t t = visited_step(L.steps, /*reverse=*/d == 1, i, /*backward=*/true);
+      const int64_t rows = L.rows[t], at_row = L.offset[t] * DH + d * H;
+      k.activation_backward_rows(act, rows, H, dstate, H, dy + at_row, DH, y + at_row, DH,
+                                 dz + at_row, DH);
+      k.rows_times_matrix(Epilogue::kStore, act, rows, dz + at_row, DH, H, w_hh.data_ptr<T>(), H, H,
+                          dstate, H);
+    }
+    const T* dz_d = dz + d * H;  // direction d's columns of dZ, (N, H) with row stride DH
+    if (c.need_weights) {
+      gather_previous(c, d, 0, L.steps, prev);
+      k.transposed_rows_times_matrix(Epilogue::kStore, act, H, dz_d, DH, N, x.data_ptr<T>(), I, I,
+                                     c.grad_w_ih.select(0, d).data_ptr<T>(), I);
+      k.transposed_rows_times_matrix(Epilogue::kStore, act, H, dz_d, DH, N, prev.data_ptr<T>(), H,
+                                     H, c.grad_w_hh.select(0, d).data_ptr<T>(), H);
+    }
+    if (c.need_bias) {
+      T* db = c.grad_bias.select(0, d).data_ptr<T>();  // zeros, from the driver
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t j = 0; j < H; ++j) db[j] += dz_d[r * DH + j];
+    }
+    if (c.need_input) {
+      const Tensor w_ih = c.weight_ih.select(0, d).contiguous();
+      k.rows_times_matrix(d == 0 ? Epilogue::kStore : Epilogue::kAdd, act, N, dz_d, DH, H,
+                          w_ih.data_ptr<T>(), I, I, c.grad_input.data_ptr<T>(), I);
+    }
+  }
+  c.weight_gradients_added = true;
+}
+
 void backward_loop(BackwardCall& c) {
   const LayerShape& s = c.shape;
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_backward_cpu", [&] {
+    if (short_on_cell_kernel(s)) {
+      backward_on_cell_kernel<scalar_t>(c);
+      return;
+    }
     auto recur = [&](int64_t d, const auto& after_step) {
       const auto p = direction_loop<scalar_t>(s, d, c.relu, c.weight_hh.select(0, d), step_split());
       Tensor dstate = c.grad_h0.select(0, d);

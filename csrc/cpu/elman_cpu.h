@@ -126,6 +126,21 @@ inline bool blocks_on_kernel(const LayerShape& s) {
          kMaxKernelBlockFmas;
 }
 
+// Whether a layer runs step by step on the cell kernel, its weights read as they are stored
+// (forward_on_cell_kernel, backward_on_cell_kernel): a short sequence at small batch, at most
+// kMaxCellKernelRows rows in all (steps x batch) and kMaxCellKernelBatch rows a step. Such a call
+// otherwise spends more on its fixed costs (a transposed, padded copy of W_hh, the projection's
+// GEMM, the weight gradients' and dX's ATen calls) than on its steps. Measured against those
+// paths, hidden 64 to 1024, one thread and two (PERFORMANCE.md, version 24): the cell kernel is
+// faster at every shape up to 32 rows (inference 1.1x-8x, training 1.1x-3.5x) and mixed from 64
+// rows at batch 8 (hidden 256: 0.93x-1.0x inference). A function of the shape only: the same
+// bits on one thread or two.
+constexpr int64_t kMaxCellKernelRows = 32;
+constexpr int64_t kMaxCellKernelBatch = 8;
+inline bool short_on_cell_kernel(const LayerShape& s) {
+  return s.layout.total_rows <= kMaxCellKernelRows && s.layout.batch <= kMaxCellKernelBatch;
+}
+
 // Whether a call runs single-threaded on its own thread, the helper thread being its parallelism
 // (on_caller_and_helper), read off an operator's arguments before they are checked (arguments that
 // fail the checks make it false or true, harmlessly: the checks come next). Its GEMMs are then

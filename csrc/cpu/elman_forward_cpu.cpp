@@ -7,7 +7,8 @@
 // (step_blocks.h), never waiting for it; at large hidden size it shares each step's units with the
 // helper instead (shared_steps.h); a short one, or one at large batch, shares its projection with
 // the helper in blocks of rows (split_rows.h), and at large batch each step's GEMM in blocks of
-// columns.
+// columns. A layer of only a few rows at small batch skips all of that: it runs step by step on
+// the cell kernel (forward_on_cell_kernel).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 
@@ -239,10 +240,44 @@ void project(ForwardCall& c) {
       });
 }
 
+// A short sequence at small batch, step by step on the cell kernel (kernels.h, cell_forward), as
+// the cell operator runs one step: every step reads W_ih and W_hh where they are, in nn.RNN's
+// layout. The other paths first make a transposed, padded copy of W_hh (and, pipelined, of W_ih)
+// and project the whole input in one GEMM, costs of a call rather than of a step that a sequence of
+// a few steps never earns back. The same single thread whatever torch's thread count: the same
+// bits on one thread or two. Each direction's state stays in h_n, which holds h0 on entry.
+template <typename T>
+void forward_on_cell_kernel(ForwardCall& c) {
+  const LayerShape& s = c.shape;
+  const SequenceLayout& L = s.layout;
+  const Kernels<T>& k = kernels<T>();
+  const int64_t I = s.input_size, H = s.hidden, DH = s.directions * H;
+  const at::Tensor x = c.x.contiguous();
+  const T* bias = c.bias ? c.bias->template data_ptr<T>() : nullptr;  // b_ih + b_hh, (D*H)
+  for (int64_t d = 0; d < s.directions; ++d) {
+    const at::Tensor w_ih = weight_ih(c.weights, s, d).contiguous();
+    const at::Tensor w_hh = weight_hh(c.weights, s, d).contiguous();
+    T* state = c.h_n.select(0, d).template data_ptr<T>();
+    for (int64_t i = 0; i < L.steps; ++i) {
+      const int64_t t = visited_step(L.steps, /*reverse=*/d == 1, i, /*backward=*/false);
+      const int64_t rows = L.rows[t];
+      T* y = c.out.template data_ptr<T>() + L.offset[t] * DH + d * H;
+      k.cell_forward(activation(c.relu), rows, x.template data_ptr<T>() + L.offset[t] * I, I, I,
+                     w_ih.template data_ptr<T>(), state, H, H, w_hh.template data_ptr<T>(),
+                     bias ? bias + d * H : nullptr, nullptr, H, y, DH);
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(state + r * H, y + r * DH, H * sizeof(T));
+    }
+  }
+}
+
 void forward_loop(ForwardCall& c) {
   const LayerShape& s = c.shape;
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
+    if (short_on_cell_kernel(s)) {
+      forward_on_cell_kernel<scalar_t>(c);
+      return;
+    }
     auto loop = [&](int64_t d) {
       return direction_loop<scalar_t>(s, d, c.relu, weight_hh(c.weights, s, d), step_split());
     };
