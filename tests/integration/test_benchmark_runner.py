@@ -449,3 +449,46 @@ def test_second_thread_times_both_choices_and_leaves_the_mode_as_it_was():
     assert set(medians) == expected
     assert all(us > 0 for us in medians.values())
     assert rnnkern._C.set_teammate_mode("auto") == "auto"
+
+
+def test_peers_alternated_takes_medians_and_leads_round_by_round():
+    from benchmarks.peers_alternated import summary
+
+    key = ("inference", 1, 64, 256)
+    other = ("forward+backward", 1, 64, 256)
+    rounds = [
+        {
+            "rnnkern": {key: 1.0, other: 2.0},
+            "jax": {key: 3.0, other: 1.0},
+            "onnxruntime": {key: 2.0},
+        },
+        {
+            "rnnkern": {key: 4.0, other: 2.0},
+            "jax": {key: 4.0, other: 4.0},
+            "onnxruntime": {key: 6.0},
+        },
+        {
+            "rnnkern": {key: 2.0, other: 3.0},
+            "jax": {key: 7.0, other: 3.0},
+            "onnxruntime": {key: 5.0},
+        },
+    ]
+    lines = summary(rounds, ["jax", "onnxruntime"])
+    by_mode = {line.split()[0]: line.split() for line in lines[3:]}
+    # Medians over rounds per implementation; the lead is taken within each round (the fastest
+    # peer's time over rnnkern's: 2/1, 4/4, 5/2), its median and range over rounds.
+    assert by_mode["inference"][2:5] == ["2.00", "4.00", "5.00"]
+    assert by_mode["inference"][5:] == ["2.00x", "[1.00-2.50]"]
+    # onnxruntime has no training row: a dash, and the lead comes from jax alone (1/2, 4/2, 3/3).
+    assert by_mode["forward+backward"][2:5] == ["2.00", "3.00", "-"]
+    assert by_mode["forward+backward"][5:] == ["1.00x", "[0.50-2.00]"]
+
+
+def test_peers_alternated_runs_the_runner_on_each_implementation(tmp_path):
+    from benchmarks import peers_alternated
+
+    args = peers_alternated.argparse.Namespace(
+        modes=["inference"], repeats=1, batch_sizes=[1], hidden_sizes=[8], seq_lens=[4]
+    )
+    times = peers_alternated.runner_times("rnnkern", args)
+    assert list(times) == [("inference", 1, 8, 4)] and times[("inference", 1, 8, 4)] > 0
