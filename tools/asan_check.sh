@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make asan`: the C++ built with AddressSanitizer (CPU only, in build/asan/, apart from the normal
 # build), then the tests that throw malformed and random input at it: the fuzz test, the property
-# tests, the error tests, packed sequences and the persistent kernels' emulation. An out-of-bounds
-# access or a use after free stops the run with ASan's report, even where it would not crash.
+# tests, the error tests, packed sequences, short layers (the cell kernels on strided rows) and the
+# persistent kernels' emulation. An out-of-bounds access or a use after free stops the run with
+# ASan's report, even where it would not crash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -25,4 +26,5 @@ LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 # --capture=sys: ASan writes its report to file descriptor 2, which must not be captured.
 "$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/ops/test_fuzz.py tests/module/test_properties.py \
-  tests/module/test_errors.py tests/module/test_packed.py tests/cuda/test_persistent_emulation.py
+  tests/module/test_errors.py tests/module/test_packed.py tests/ops/test_short_sequences.py \
+  tests/cuda/test_persistent_emulation.py
