@@ -1,4 +1,5 @@
-"""Shared helpers: pairs of modules with identical weights, and per-dtype tolerances."""
+"""Shared helpers: pairs of modules with identical weights, and per-dtype tolerances; and the run's
+summary line saying which CPU kernel tables the tests exercised."""
 
 from __future__ import annotations
 
@@ -109,3 +110,45 @@ def _deterministic_seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+# The CPU kernel tables (generic, AVX2, AVX-512: csrc/cpu/kernels_dispatch.cpp) are chosen once per
+# process, so one run exercises only its own table, except where a test starts processes capped
+# at each (tests/cpu/test_kernels.py). That test attaches this property to its report: the table
+# and what was checked on it, or why it could not run here. The summary reads it back from the
+# reports, so it says what ran in this run, not what was meant to.
+KERNEL_TABLE_PROPERTY = "rnnkern_cpu_kernel_table"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line at the end of the run: which kernel tables were held to nn.RNN and on what, which
+    failed, which this CPU could not run, and the table every other CPU test ran on."""
+    ran, failed, not_run = {}, {}, {}
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", ()):
+                if name != KERNEL_TABLE_PROPERTY:
+                    continue
+                if outcome == "passed":
+                    ran[value["table"]] = value["checked"]
+                elif outcome == "failed":
+                    failed[value["table"]] = True
+                else:
+                    not_run[value["table"]] = value.get("why", "skipped")
+
+    def listed(tables):
+        return ", ".join(f"{t} ({why})" for t, why in tables.items()) or "none"
+
+    line = f"rnnkern CPU kernel tables exercised: {listed(ran)}"
+    if failed:
+        line += f"; FAILED: {', '.join(failed)}"
+    if not_run:
+        line += f"; not exercised: {listed(not_run)}"
+    if not ran and not failed and not not_run:
+        line += " (tests/cpu/test_kernels.py::test_every_kernel_table_matches_nn_rnn did not run)"
+    # this process's table; float64 has none for AVX-512 and runs AVX2's (kernels_dispatch.cpp)
+    own = rnnkern.cpu_isa()
+    line += f"; every other test ran on the {own} table" + (
+        ", float64 on avx2's" if own == "avx512" else ""
+    )
+    terminalreporter.write_line(line)
