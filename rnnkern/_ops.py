@@ -86,11 +86,22 @@ def _check_same_device(op: str, input: Tensor, others: Sequence[Tensor]) -> None
             )
 
 
+def _check_batch_sizes_device(op: str, input: Tensor, batch_sizes: Tensor | None) -> None:
+    # A meta batch_sizes with tensors elsewhere also lands here: the kernels would have refused it
+    # (they read it on the CPU, as a PackedSequence holds it), and so must this.
+    if batch_sizes is not None and batch_sizes.device.type not in ("cpu", input.device.type):
+        raise RuntimeError(
+            f"{op}: batch_sizes must be on the CPU (as in a PackedSequence), got "
+            f"{batch_sizes.device}"
+        )
+
+
 @torch.library.register_fake("rnnkern::elman_layer")
 def _elman_layer_fake(
     input: Tensor, hx: Tensor, weights: Sequence[Tensor], batch_sizes: Tensor | None, relu: bool
 ) -> tuple[Tensor, Tensor]:
     _check_same_device("rnnkern::elman_layer", input, [hx, *weights])
+    _check_batch_sizes_device("rnnkern::elman_layer", input, batch_sizes)
     directions, _, hidden = hx.shape
     output = input.new_empty((*input.shape[:-1], directions * hidden))
     return output, hx.new_empty(hx.shape)
@@ -114,6 +125,7 @@ def _elman_layer_backward_fake(
         input,
         [grad_output, grad_h_n, hx, weight_ih, weight_hh, output],
     )
+    _check_batch_sizes_device("rnnkern::elman_layer_backward", input, batch_sizes)
     need_input, need_hx, need_weights, need_bias = output_mask
 
     def empty_unless(needed: bool, like: Tensor, shape) -> Tensor:

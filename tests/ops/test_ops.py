@@ -126,6 +126,28 @@ def test_op_rejects_bad_batch_sizes(batch_sizes, message):
         elman_layer(x.detach()[:5], hx.detach(), [w.detach() for w in weights], batch_sizes, False)
 
 
+def test_batch_sizes_on_another_device_are_refused_by_both_ops():
+    # A meta batch_sizes sends the call to the fake implementation, which must refuse it as the
+    # kernels do rather than return an uninitialised CPU output.
+    x, hx, weights, batch_sizes, relu = layer_args(B=3, packed=True)
+    x, hx, weights = x.detach(), hx.detach(), [w.detach() for w in weights]
+    out, _ = elman_layer(x, hx, weights, batch_sizes, relu)
+    args = backward_args(x, hx, weights, batch_sizes, relu, out, [True] * 4)
+    on_meta = batch_sizes.to("meta")
+    with pytest.raises(RuntimeError, match="batch_sizes must be on the CPU .* got meta"):
+        elman_layer(x, hx, weights, on_meta, relu)
+    backward = list(args)
+    backward[7] = (
+        on_meta  # (grad_output, grad_h_n, input, hx, w_ih, w_hh, output, batch_sizes, ...)
+    )
+    with pytest.raises(RuntimeError, match="batch_sizes must be on the CPU .* got meta"):
+        elman_layer_backward(*backward)
+    # Everything on meta (shapes only) is still traced.
+    meta = [t.to("meta") for t in (x, hx)]
+    out_meta, _ = elman_layer(*meta, [w.to("meta") for w in weights], on_meta, relu)
+    assert out_meta.shape == out.shape and out_meta.device.type == "meta"
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
