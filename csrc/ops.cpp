@@ -85,6 +85,20 @@ at::Tensor elman_cell(const at::Tensor& input, const at::Tensor& hx, const at::T
   return op.call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
 }
 
+// torch.ops.rnnkern.elman_layer the same way, for a layer called in plain eager mode
+// (rnnkern/functional.py): at a few steps torch.ops' parsing is a fifth of the call.
+std::tuple<at::Tensor, at::Tensor> elman_layer(const at::Tensor& input, const at::Tensor& hx,
+                                               const std::vector<at::Tensor>& weights,
+                                               const std::optional<at::Tensor>& batch_sizes,
+                                               bool relu) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("rnnkern::elman_layer", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(
+                                 const at::Tensor&, const at::Tensor&, at::TensorList,
+                                 const std::optional<at::Tensor>&, bool)>();
+  return op.call(input, hx, weights, batch_sizes, relu);
+}
+
 }  // namespace
 
 // The Python module only has to exist (importing it runs the registrations above); it also tells
@@ -156,6 +170,8 @@ PYBIND11_MODULE(_C, module) {
       "(rnnkern/composite.py); raises RuntimeError as the operator does.");
   module.def("elman_cell", torch::wrap_pybind_function_no_gil(elman_cell),
              "torch.ops.rnnkern.elman_cell's eager fast path (same arguments, same errors).");
+  module.def("elman_layer", torch::wrap_pybind_function_no_gil(elman_layer),
+             "torch.ops.rnnkern.elman_layer's eager fast path (same arguments, same errors).");
   module.def(
       "kernel_dtypes",
 

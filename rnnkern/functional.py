@@ -72,7 +72,8 @@ def elman_rnn(
     finals: list[Tensor] = []
     for layer in range(num_layers):
         weights = flat_weights[layer * per_layer : (layer + 1) * per_layer]
-        layer_hx = hx[layer * directions : (layer + 1) * directions]
+        # One layer takes hx whole: a slice is an ATen call, a few microseconds of a short call.
+        layer_hx = hx if num_layers == 1 else hx[layer * directions : (layer + 1) * directions]
         output, h_n = run_layer(layer_input, layer_hx, weights, batch_sizes, relu)
         finals.append(h_n)
         if dropout > 0 and training and layer < num_layers - 1:
@@ -144,6 +145,15 @@ def _eager_layer(
 ) -> tuple[Tensor, Tensor]:
     route = _routing.layer_route([input, hx, *weights])
     if route is _routing.KERNEL:
+        if (
+            input.device.type == "cpu"
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        ):
+            # Straight into the dispatcher, as the cell does: torch.ops' parsing of the arguments
+            # is a third of the operator's call at a few steps (PERFORMANCE.md, version 24).
+            # Traced and compiled graphs keep the operator itself.
+            return _C.elman_layer(input, hx, weights, batch_sizes, relu)
         return elman_layer_op(input, hx, weights, batch_sizes, relu)
     if route is _routing.ONNX:
         return onnx_export.rnn_layer(input, hx, weights, batch_sizes, relu)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 import rnnkern
-from rnnkern import modules
+from rnnkern import functional, modules
 from tests.conftest import GRAD_TOL, TOL, assert_close, rnn_pair
 
 STEPS = 6
@@ -514,3 +514,28 @@ def test_cell_calls_the_cell_operator(monkeypatch):
     cell(torch.randn(3))
     assert len(calls) == 2
     assert calls[0][4] is not None and calls[0][6] is False
+
+
+def test_plain_eager_layer_calls_go_straight_into_the_dispatcher(monkeypatch):
+    # Plain eager calls of a layer on the CPU go through rnnkern._C.elman_layer (no torch.ops
+    # parsing); traced ones record the operator itself (test_trace_records_the_layer_operator).
+    calls = []
+    original_module = functional._C
+
+    class CountingC:
+        def __getattr__(self, name):
+            return getattr(original_module, name)
+
+        @staticmethod
+        def elman_layer(*args):
+            calls.append(args)
+            return original_module.elman_layer(*args)
+
+    monkeypatch.setattr(functional, "_C", CountingC())
+    theirs, ours = rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    out, h_n = ours(x)
+    assert len(calls) == 2  # one per layer
+    expected, expected_h_n = theirs(x)
+    torch.testing.assert_close(out, expected, **TOL[torch.float32])
+    torch.testing.assert_close(h_n, expected_h_n, **TOL[torch.float32])
