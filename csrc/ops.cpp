@@ -86,7 +86,7 @@ at::Tensor elman_cell(const at::Tensor& input, const at::Tensor& hx, const at::T
 }
 
 // torch.ops.rnnkern.elman_layer the same way, for a layer called in plain eager mode
-// (rnnkern/functional.py): at a few steps torch.ops' parsing is a fifth of the call.
+// (rnnkern/functional.py): at a few steps torch.ops' parsing is a third of the call.
 std::tuple<at::Tensor, at::Tensor> elman_layer(const at::Tensor& input, const at::Tensor& hx,
                                                const std::vector<at::Tensor>& weights,
                                                const std::optional<at::Tensor>& batch_sizes,
@@ -171,7 +171,7 @@ PYBIND11_MODULE(_C, module) {
   module.def("elman_cell", torch::wrap_pybind_function_no_gil(elman_cell),
              "torch.ops.rnnkern.elman_cell's eager fast path (same arguments, same errors).");
   module.def("elman_layer", torch::wrap_pybind_function_no_gil(elman_layer),
-             "torch.ops.rnnkern.elman_layer's eager fast path (same arguments, same errors).");
+             "torch.ops.rnnkern.elman_layer's eager fast path (tensors only; the same checks).");
   module.def(
       "kernel_dtypes",
 

@@ -87,9 +87,11 @@ def _check_same_device(op: str, input: Tensor, others: Sequence[Tensor]) -> None
 
 
 def _check_batch_sizes_device(op: str, input: Tensor, batch_sizes: Tensor | None) -> None:
-    # A meta batch_sizes with tensors elsewhere also lands here: the kernels would have refused it
-    # (they read it on the CPU, as a PackedSequence holds it), and so must this.
-    if batch_sizes is not None and batch_sizes.device.type not in ("cpu", input.device.type):
+    # The kernels of every device read batch_sizes on the CPU, as a PackedSequence holds it, and
+    # refuse it elsewhere; so must this (a meta batch_sizes with tensors elsewhere lands here too).
+    # Only shapes on meta may come with it on meta.
+    allowed = ("cpu", "meta") if input.device.type == "meta" else ("cpu",)
+    if batch_sizes is not None and batch_sizes.device.type not in allowed:
         raise RuntimeError(
             f"{op}: batch_sizes must be on the CPU (as in a PackedSequence), got "
             f"{batch_sizes.device}"

@@ -44,13 +44,22 @@ def exporting_to_onnx() -> bool:
     return torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()
 
 
-def plain_eager_kernel_call(tensors: Iterable[Tensor]) -> bool:
-    """Whether a call on ``tensors`` runs the fused kernels in plain eager mode: not under a
-    torch.func transform, forward AD, torch.compile, nor torch.jit.trace (whose graph must hold
-    the operators the ONNX exporter translates). Only then may a module call the one-step cell
-    operator through rnnkern._C rather than torch.ops."""
+def direct_dispatch_allowed(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether an operator on ``tensors`` may be called through rnnkern._C (pybind, straight into
+    the dispatcher) rather than torch.ops: not under torch.jit.trace (whose graph must hold the
+    operators the ONNX exporter translates) nor torch.compile (which traces torch.ops), and with
+    no __torch_function__ to honour (a tensor subclass, or a TorchFunctionMode), which only
+    torch.ops' Python half calls. The dispatcher itself (autograd, dispatch modes, fake tensors)
+    is the same either way."""
     return (
         not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
-        and layer_route(tensors) is KERNEL
+        and not torch._C._has_torch_function(tensors)
     )
+
+
+def plain_eager_kernel_call(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether a call on ``tensors`` runs the fused kernels in plain eager mode, its operators
+    called through rnnkern._C (direct_dispatch_allowed), and not under a torch.func transform or
+    forward AD. Only then may a module call the one-step cell operator for a layer."""
+    return direct_dispatch_allowed(tensors) and layer_route(tensors) is KERNEL

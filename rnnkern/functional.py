@@ -143,17 +143,20 @@ def _eager_layer(
     batch_sizes: Optional[Tensor],
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
-    route = _routing.layer_route([input, hx, *weights])
+    tensors = (input, hx, *weights)
+    route = _routing.layer_route(tensors)
     if route is _routing.KERNEL:
         if (
-            input.device.type == "cpu"
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            isinstance(input, Tensor)
+            and input.device.type == "cpu"
+            and _routing.direct_dispatch_allowed(tensors)
         ):
             # Straight into the dispatcher, as the cell does: torch.ops' parsing of the arguments
-            # is a third of the operator's call at a few steps (PERFORMANCE.md, version 24).
-            # Traced and compiled graphs keep the operator itself.
-            return _C.elman_layer(input, hx, weights, batch_sizes, relu)
+            # is a third of the operator's call at a few steps (PERFORMANCE.md, version 24b).
+            try:
+                return _C.elman_layer(input, hx, weights, batch_sizes, relu)
+            except TypeError:
+                pass  # arguments pybind cannot take (None, a list): torch.ops says what is wrong
         return elman_layer_op(input, hx, weights, batch_sizes, relu)
     if route is _routing.ONNX:
         return onnx_export.rnn_layer(input, hx, weights, batch_sizes, relu)

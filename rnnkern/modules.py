@@ -355,7 +355,7 @@ class RNN(nn.RNNBase):
             batch_sizes is None
             and data.shape[step_dim] == 1
             and device_type == "cpu"
-            and _routing.plain_eager_kernel_call([data, hx, *weights])
+            and _routing.plain_eager_kernel_call((data, hx, *weights))
         ):
             # Streaming, one step per call: one cell operator call per layer and direction.
             output, h_n = elman_rnn_one_step(
@@ -538,10 +538,12 @@ class RNNCell(nn.RNNCell):
             # Only under autocast (differentiable: gradients reach the float32 parameters).
             x, h, weights = x.to(dtype), h.to(dtype), [w.to(dtype) for w in weights]
         if route is _routing.KERNEL and device_type == "cpu" and not torch.jit.is_tracing():
-            # The one-step operator (CPU): called through torch.ops where torch.compile traces it,
-            # else straight into the dispatcher (_C.elman_cell). Traced graphs keep the layer
-            # operator, which the ONNX exporter translates.
-            cell = elman_cell_op if torch.compiler.is_compiling() else _C.elman_cell
+            # The one-step operator (CPU): straight into the dispatcher (_C.elman_cell) in plain
+            # eager mode, else through torch.ops (torch.compile traces it; __torch_function__ is
+            # honoured there). Traced graphs keep the layer operator, which the ONNX exporter
+            # translates.
+            direct = _routing.direct_dispatch_allowed((x, h, *weights))
+            cell = _C.elman_cell if direct else elman_cell_op
             biases = (weights[2], weights[3]) if len(weights) == 4 else (None, None)
             return cell(x, h, weights[0], weights[1], *biases, self.nonlinearity == "relu")
         return self._kernel_step(x, h, weights)

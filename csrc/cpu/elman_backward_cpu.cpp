@@ -7,8 +7,8 @@
 // as the recurrence finishes them (step_blocks.h), computes dX itself once its loop is done, and
 // then adds the blocks' gradients in order, computing any the helper has not finished. Other layers
 // share their weight gradients and, at small batch, dX with the helper in blocks of rows
-// (split_rows.h). A layer of only a few rows at small batch runs on the cell kernel, with no ATen
-// call (backward_on_cell_kernel).
+// (split_rows.h). A layer of only a few rows at small batch runs on the cell kernels, with no ATen
+// GEMM (backward_on_cell_kernel).
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -331,7 +331,7 @@ struct ReverseBackward {
 };
 
 // The backward of a layer that ran forward on the cell kernel (short_on_cell_kernel), the same way:
-// every product reads the weights as they are stored, with no padded copy and no ATen call, as
+// every product reads the weights as they are stored, with no padded copy and no ATen GEMM, as
 // the cell operator's backward does. Per direction, in the reverse of processing order,
 //   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh,
 // then over all of its rows at once dW_ih = dZ^T X, dW_hh = dZ^T H_prev and db = dZ^T 1 (each

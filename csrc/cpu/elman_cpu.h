@@ -132,7 +132,7 @@ inline bool blocks_on_kernel(const LayerShape& s) {
 // otherwise spends more on its fixed costs (a transposed, padded copy of W_hh, the projection's
 // GEMM, the weight gradients' and dX's ATen calls) than on its steps. Measured against those
 // paths, hidden 64 to 1024, one thread and two (PERFORMANCE.md, version 24): the cell kernel is
-// faster at every shape up to 32 rows (inference 1.1x-8x, training 1.1x-3.5x) and mixed from 64
+// faster at every shape up to 32 rows (inference 1.02x-8.6x, training 1.04x-3.5x), mixed from 64
 // rows at batch 8 (hidden 256: 0.93x-1.0x inference). A function of the shape only: the same
 // bits on one thread or two.
 constexpr int64_t kMaxCellKernelRows = 32;

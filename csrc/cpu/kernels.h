@@ -22,7 +22,7 @@ enum class Epilogue : int {
 template <typename T>
 struct Kernels {
   const char* isa;  // "avx2" or "generic"
-  int64_t width;    // SIMD lanes; matrices passed as `m` have rows padded to a multiple of this
+  int64_t width;    // SIMD lanes (the kernels read any row length; tails are masked)
 
   // out[r, 0:n] (op)= x[r, 0:k] @ m[0:k, 0:n] for r < rows. `m` is row-major with row stride
   // m_stride >= n; nothing past column n is read. Row-blocked so each load of `m` feeds several

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+import rnnkern
 from tests.conftest import GRAD_TOL, RNN_ARGS, TOL, assert_close, grads, rnn_pair
 
 
@@ -249,8 +250,9 @@ def test_large_hidden_in_tiles(dtype, hidden):
     """Register batch with W_hh rows too long for one pass: the kernel sums over tiles of k; from
     hidden 768 each step's units in two parts, one on the helper thread (shared_steps.h)."""
     theirs, ours = rnn_pair(dtype=dtype, input_size=3, hidden_size=hidden)
+    steps = rnnkern._C.cpu_cell_kernel_bound()[0] + 1  # past a short layer's cell kernel
     for batch in (1, 3, 5):
-        x = torch.randn(4, batch, 3, dtype=dtype, requires_grad=True)
+        x = torch.randn(steps, batch, 3, dtype=dtype, requires_grad=True)
         h0 = torch.randn(1, batch, hidden, dtype=dtype, requires_grad=True)
         out_o, hn_o = ours(x, h0)
         out_t, hn_t = theirs(x, h0)

@@ -539,3 +539,50 @@ def test_plain_eager_layer_calls_go_straight_into_the_dispatcher(monkeypatch):
     expected, expected_h_n = theirs(x)
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
     torch.testing.assert_close(h_n, expected_h_n, **TOL[torch.float32])
+
+
+class Tagged(torch.Tensor):
+    """A tensor subclass with torch's default __torch_function__: what torch computes from it is
+    Tagged too."""
+
+
+class RecordingMode(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "kind, steps", [("RNN", 5), ("RNN", 1), ("RNNCell", None)], ids=["layer", "one step", "cell"]
+)
+def test_torch_function_is_honoured_as_nn_does(kind, steps):
+    # Plain eager calls go straight into the dispatcher (rnnkern._C), which __torch_function__ never
+    # sees: with a tensor subclass or a TorchFunctionMode about, they go through torch.ops instead.
+    torch.manual_seed(0)
+    if kind == "RNN":
+        theirs = nn.RNN(3, 4, num_layers=2)
+        ours = rnnkern.RNN(3, 4, num_layers=2)
+        x = torch.randn(steps, 2, 3)
+    else:
+        theirs, ours = nn.RNNCell(3, 4), rnnkern.RNNCell(3, 4)
+        x = torch.randn(2, 3)
+    ours.load_state_dict(theirs.state_dict())
+
+    def first(result):
+        return result[0] if isinstance(result, tuple) else result
+
+    expected = first(theirs(x.as_subclass(Tagged)))
+    got = first(ours(x.as_subclass(Tagged)))
+    assert type(expected) is Tagged and type(got) is Tagged
+    torch.testing.assert_close(got.as_subclass(torch.Tensor), expected.as_subclass(torch.Tensor))
+
+    with RecordingMode() as mode:
+        got = first(ours(x))
+    # (A one-step RNN call then takes the layer operator, as under torch.jit.trace.)
+    operator = "rnnkern.elman_cell" if kind == "RNNCell" else "rnnkern.elman_layer"
+    assert any(name.startswith(operator) for name in mode.names), mode.names
+    torch.testing.assert_close(got, first(theirs(x)))

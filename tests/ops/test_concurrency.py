@@ -270,7 +270,7 @@ def test_bitwise_deterministic_across_runs_and_thread_counts(name: str) -> None:
         (dict(input_size=256, hidden_size=128), 48, 16),  # short, pipelined
         (dict(input_size=256, hidden_size=128), 24, 16),  # projection and dX in row blocks
         (dict(input_size=256, hidden_size=320), 4, 48),  # each step in blocks of columns
-        (dict(input_size=16, hidden_size=800), 24, 1),  # each step's units in two parts
+        (dict(input_size=16, hidden_size=800), 40, 1),  # each step's units in two parts
     ],
 )
 def test_two_threads_hand_work_to_the_helper_on_every_call(config, seq_len, batch) -> None:

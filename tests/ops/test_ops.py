@@ -148,6 +148,21 @@ def test_batch_sizes_on_another_device_are_refused_by_both_ops():
     assert out_meta.shape == out.shape and out_meta.device.type == "meta"
 
 
+def test_fake_tensors_refuse_batch_sizes_off_the_cpu_like_the_kernels():
+    # The kernels of every device read batch_sizes on the CPU: a traced call with it on the GPU
+    # must fail while tracing, as it would when run (fake CUDA tensors need no GPU).
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, hx = torch.empty(8, 3, device="cuda"), torch.empty(1, 2, 5, device="cuda")
+        weights = [torch.empty(5, 3, device="cuda"), torch.empty(5, 5, device="cuda")]
+        on_cpu = torch.tensor([2, 2, 2, 2])
+        out, _ = elman_layer(x, hx, weights, on_cpu, False)
+        assert out.shape == (8, 5) and out.device.type == "cuda"
+        with pytest.raises(RuntimeError, match="batch_sizes must be on the CPU .* got cuda"):
+            elman_layer(x, hx, weights, on_cpu.to("cuda"), False)
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -194,3 +209,33 @@ def test_ops_name_the_dtypes_the_cpu_kernels_support(dtype):
     assert _C.kernel_dtypes("cpu") == ["float32", "float64"]
     out, _ = elman_layer(x.detach(), hx.detach(), [w.detach() for w in weights], None, False)
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("hx", "hx must be 3-D"),
+        ("weight", "Expected a value of type 'List\\[Tensor\\]' for argument 'weights'"),
+        (
+            "batch_sizes",
+            "Expected a value of type 'Optional\\[Tensor\\]' for argument 'batch_sizes'",
+        ),
+    ],
+)
+def test_functional_layer_says_what_is_wrong_with_arguments_that_are_not_tensors(bad, message):
+    # Plain eager calls take a pybind entry (rnnkern._C.elman_layer), which refuses these with a
+    # bare TypeError; the call then goes through torch.ops, which names the argument.
+    x, hx, weights, _, _ = layer_args(B=2, bias=False)
+    x, hx, weights = x.detach(), hx.detach(), [w.detach() for w in weights]
+    args = {"hx": hx, "weights": weights, "batch_sizes": None}
+    if bad == "hx":
+        args["hx"] = None
+    elif bad == "weight":
+        args["weights"] = [*weights, None]
+    else:
+        args["batch_sizes"] = [2, 2, 2, 2]
+    with pytest.raises(RuntimeError, match=message):
+        rnnkern.elman_layer(x, args["hx"], args["weights"], args["batch_sizes"])
+    out, _ = rnnkern.elman_layer(x, hx, weights)  # and the layer still works
+    expected, _ = elman_layer(x, hx, weights, None, False)
+    torch.testing.assert_close(out, expected)
