@@ -34,7 +34,7 @@ def elman_layer(
     per_direction = len(weights) // directions
     if batch_sizes is None:
         rows = [input.size(1)] * input.size(0)
-        x = input.reshape(-1, input.size(-1))
+        x = input.reshape(input.size(0) * input.size(1), input.size(2))  # no -1: batch may be 0
     else:
         rows = batch_sizes.tolist()
         x = input
@@ -61,5 +61,5 @@ def elman_layer(
         finals.append(h)
     output = torch.cat(outputs, dim=1)
     if batch_sizes is None:
-        output = output.view(input.size(0), input.size(1), -1)
+        output = output.view(input.size(0), input.size(1), output.size(1))
     return output, torch.stack(finals)

@@ -119,6 +119,16 @@ def test_forward_mode_ad_matches_nn_rnn(pair):
     same(*results)
 
 
+def test_forward_mode_ad_of_an_empty_batch_matches_nn_rnn(pair):
+    theirs, ours = pair
+    shape = (0, 4) if theirs.batch_first else (4, 0)
+    x = torch.randn(*shape, theirs.input_size, dtype=DT)
+    tangent = torch.randn_like(x)
+    results = [jvp(module, (x,), (tangent,)) for module in (ours, theirs)]
+    assert results[0][0][0].shape == results[1][0][0].shape  # the output: no rows, D * H wide
+    same(*results)
+
+
 @pytest.mark.parametrize("transform", ["vmap", "grad", "jacrev", "jacfwd", "hessian"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_transform_of_cell_matches_nn_rnncell(transform, nonlinearity):
