@@ -493,22 +493,31 @@ def test_cell_streaming_matches_nn_rnn_cell(bias, batched):
         assert_close(a, b, GRAD_TOL[torch.float32], "gradient")
 
 
-def test_cell_calls_the_cell_operator(monkeypatch):
-    # Plain eager calls of rnnkern.RNNCell go through rnnkern._C.elman_cell (not the layer op).
+def count_calls_of(monkeypatch, where, entry: str) -> list:
+    """The arguments of every call of rnnkern._C.<entry> made through module `where`'s _C, from
+    now until the test ends (each call still runs)."""
     calls = []
-    original = modules._C.elman_cell
+    original = where._C
 
     class CountingC:
         def __getattr__(self, name):
-            return getattr(original_module, name)
+            function = getattr(original, name)
+            if name != entry:
+                return function
 
-        @staticmethod
-        def elman_cell(*args):
-            calls.append(args)
-            return original(*args)
+            def counted(*args):
+                calls.append(args)
+                return function(*args)
 
-    original_module = modules._C
-    monkeypatch.setattr(modules, "_C", CountingC())
+            return counted
+
+    monkeypatch.setattr(where, "_C", CountingC())
+    return calls
+
+
+def test_cell_calls_the_cell_operator(monkeypatch):
+    # Plain eager calls of rnnkern.RNNCell go through rnnkern._C.elman_cell (not the layer op).
+    calls = count_calls_of(monkeypatch, modules, "elman_cell")
     cell = rnnkern.RNNCell(3, 4)
     cell(torch.randn(2, 3))
     cell(torch.randn(3))
@@ -519,19 +528,7 @@ def test_cell_calls_the_cell_operator(monkeypatch):
 def test_plain_eager_layer_calls_go_straight_into_the_dispatcher(monkeypatch):
     # Plain eager calls of a layer on the CPU go through rnnkern._C.elman_layer (no torch.ops
     # parsing); traced ones record the operator itself (test_trace_records_the_layer_operator).
-    calls = []
-    original_module = functional._C
-
-    class CountingC:
-        def __getattr__(self, name):
-            return getattr(original_module, name)
-
-        @staticmethod
-        def elman_layer(*args):
-            calls.append(args)
-            return original_module.elman_layer(*args)
-
-    monkeypatch.setattr(functional, "_C", CountingC())
+    calls = count_calls_of(monkeypatch, functional, "elman_layer")
     theirs, ours = rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
     x = torch.randn(5, 2, 3)
     out, h_n = ours(x)

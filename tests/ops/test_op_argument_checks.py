@@ -306,30 +306,36 @@ def weight_count(count: int, directions: int = D) -> str:
     )
 
 
-def layer_forward_cases() -> list[Case]:
-    c = Cases("elman_layer")  # arguments: input, hx, weights, batch_sizes, relu
+def dense_input_cases(c: Cases, at: int) -> None:
+    """The checks of a dense input (T, B, I), argument `at` of c's operator: both operators make
+    them (the backward before its own checks of the output shape the input implies)."""
     c.add(
         "input dtype integer",
-        put(0, lambda a: torch.randint(0, 3, (T, B, I))),
+        put(at, lambda a: torch.randint(0, 3, (T, B, I))),
         "input must be a floating-point tensor, got Long",
     )
-    c.add("input rank 2-D", new(0, T * B, I), INPUT_3D + shape_str((T * B, I)))
-    c.add("input rank 4-D", new(0, 1, T, B, I), INPUT_3D + shape_str((1, T, B, I)))
-    c.add("input shape no steps", new(0, 0, B, I), NO_STEPS + shape_str((0, B, I)))
-    c.add("input shape batch", new(0, T, B + 1, I), c.shape("hx", (D, B + 1, H), (D, B, H)))
-    c.add("input shape input_size", new(0, T, B, I + 1), c.shape("weight_ih", (H, I + 1), (H, I)))
-    c.add("input dtype float32", conv(0, torch.Tensor.float), c.dtype("hx", "Float", "Double"))
+    c.add("input rank 2-D", new(at, T * B, I), INPUT_3D + shape_str((T * B, I)))
+    c.add("input shape no steps", new(at, 0, B, I), NO_STEPS + shape_str((0, B, I)))
+    c.add("input shape batch", new(at, T, B + 1, I), c.shape("hx", (D, B + 1, H), (D, B, H)))
+    c.add("input shape input_size", new(at, T, B, I + 1), c.shape("weight_ih", (H, I + 1), (H, I)))
+    c.add("input dtype float32", conv(at, torch.Tensor.float), c.dtype("hx", "Float", "Double"))
     c.add(
         "input device on meta",
-        conv(0, on_meta),
+        conv(at, on_meta),
         "all tensors must be on the device of input (meta), got one on cpu",
     )
     c.add(
         "input device on meta",
-        conv(0, on_meta),
+        conv(at, on_meta),
         "hx must be on the device of input (meta), got cpu",
         via="cpu kernel",
     )
+
+
+def layer_forward_cases() -> list[Case]:
+    c = Cases("elman_layer")  # arguments: input, hx, weights, batch_sizes, relu
+    dense_input_cases(c, 0)
+    c.add("input rank 4-D", new(0, 1, T, B, I), INPUT_3D + shape_str((1, T, B, I)))
     c.add("hx rank 2-D", new(1, B, H), HX_3D + shape_str((B, H)))
     c.add("hx rank 4-D", new(1, 1, D, B, H), HX_3D + shape_str((1, D, B, H)))
     c.add(
@@ -461,28 +467,8 @@ def layer_backward_cases() -> list[Case]:
     c.add("weight_hh shape columns", new(5, D, H, H - 1), c.shape("weight_hh", (H, H), (H, H - 1)))
     c.dtype_and_device("weight_hh", 5)
     # input and hx: the forward's checks, and the output shape they imply.
-    c.add(
-        "input dtype integer",
-        put(2, lambda a: torch.randint(0, 3, (T, B, I))),
-        "input must be a floating-point tensor, got Long",
-    )
-    c.add("input rank 2-D", new(2, T * B, I), INPUT_3D + shape_str((T * B, I)))
+    dense_input_cases(c, 2)
     c.add("input shape steps", new(2, T + 1, B, I), c.shape("output", (T + 1, B, DH), (T, B, DH)))
-    c.add("input shape no steps", new(2, 0, B, I), NO_STEPS + shape_str((0, B, I)))
-    c.add("input shape batch", new(2, T, B + 1, I), c.shape("hx", (D, B + 1, H), (D, B, H)))
-    c.add("input shape input_size", new(2, T, B, I + 1), c.shape("weight_ih", (H, I + 1), (H, I)))
-    c.add("input dtype float32", conv(2, torch.Tensor.float), c.dtype("hx", "Float", "Double"))
-    c.add(
-        "input device on meta",
-        conv(2, on_meta),
-        "all tensors must be on the device of input (meta), got one on cpu",
-    )
-    c.add(
-        "input device on meta",
-        conv(2, on_meta),
-        "hx must be on the device of input (meta), got cpu",
-        via="cpu kernel",
-    )
     c.add("hx rank 2-D", new(3, B, H), stacked((D, H, I), (D, H, H), (B, H)))
     c.add("hx shape one direction", new(3, 1, B, H), stacked((D, H, I), (D, H, H), (1, B, H)))
     c.add("hx shape batch", new(3, D, B + 1, H), c.shape("hx", (D, B, H), (D, B + 1, H)))
