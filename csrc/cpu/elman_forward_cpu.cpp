@@ -252,7 +252,9 @@ void forward_on_cell_kernel(ForwardCall& c) {
   const SequenceLayout& L = s.layout;
   const Kernels<T>& k = kernels<T>();
   const int64_t I = s.input_size, H = s.hidden, DH = s.directions * H;
-  const at::Tensor x = c.x.contiguous();
+  const at::Tensor x_rows = c.x.contiguous();
+  const T* x = x_rows.template data_ptr<T>();
+  T* out = c.out.template data_ptr<T>();
   const T* bias = c.bias ? c.bias->template data_ptr<T>() : nullptr;  // b_ih + b_hh, (D*H)
   for (int64_t d = 0; d < s.directions; ++d) {
     const at::Tensor w_ih = weight_ih(c.weights, s, d).contiguous();
@@ -261,8 +263,8 @@ void forward_on_cell_kernel(ForwardCall& c) {
     for (int64_t i = 0; i < L.steps; ++i) {
       const int64_t t = visited_step(L.steps, /*reverse=*/d == 1, i, /*backward=*/false);
       const int64_t rows = L.rows[t];
-      T* y = c.out.template data_ptr<T>() + L.offset[t] * DH + d * H;
-      k.cell_forward(activation(c.relu), rows, x.template data_ptr<T>() + L.offset[t] * I, I, I,
+      T* y = out + L.offset[t] * DH + d * H;
+      k.cell_forward(activation(c.relu), rows, x + L.offset[t] * I, I, I,
                      w_ih.template data_ptr<T>(), state, H, H, w_hh.template data_ptr<T>(),
                      bias ? bias + d * H : nullptr, nullptr, H, y, DH);
       for (int64_t r = 0; r < rows; ++r) std::memcpy(state + r * H, y + r * DH, H * sizeof(T));
