@@ -6,7 +6,6 @@
 // (create_graph=True) recomputes the step with torch's own cell (what nn.RNNCell runs) and
 // differentiates that, so that gradients of gradients are nn.RNNCell's.
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/rnn_relu_cell.h>
 #include <ATen/ops/rnn_tanh_cell.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -18,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "op_calls.h"
 #include "records_autograd.h"
 
 namespace rnnkern {
@@ -26,30 +26,6 @@ namespace {
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-Tensor call_forward(const Tensor& input, const Tensor& hx, const Tensor& weight_ih,
-                    const Tensor& weight_hh, const std::optional<Tensor>& bias_ih,
-                    const std::optional<Tensor>& bias_hh, bool relu) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnkern::elman_cell", "")
-          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                        const std::optional<Tensor>&, const std::optional<Tensor>&, bool)>();
-  return op.call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
-}
-
-using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-BackwardResult call_backward(const Tensor& grad, const Tensor& input, const Tensor& hx,
-                             const Tensor& weight_ih, const Tensor& weight_hh, const Tensor& output,
-                             bool relu, std::array<bool, 4> output_mask) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnkern::elman_cell_backward", "")
-          .typed<BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, bool, std::array<bool, 4>)>();
-  return op.call(grad, input, hx, weight_ih, weight_hh, output, relu, output_mask);
-}
 
 // The forward's arguments that can have a gradient, in order (relu comes last). Without bias, the
 // last two are not tensors and have no edge.
@@ -67,7 +43,7 @@ class ElmanCell : public torch::autograd::Function<ElmanCell> {
                         const std::optional<Tensor>& bias_ih, const std::optional<Tensor>& bias_hh,
                         bool relu) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    Tensor output = call_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
+    Tensor output = call_elman_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
     // The biases are saved only for double backward's recomputation (undefined when absent).
     ctx->save_for_backward({input, hx, weight_ih, weight_hh, output, bias_ih.value_or(Tensor()),
                             bias_hh.value_or(Tensor())});
@@ -84,9 +60,9 @@ class ElmanCell : public torch::autograd::Function<ElmanCell> {
 
     auto needs = [&](Edge e) { return needs_grad(ctx, e, has_bias); };
     const auto [grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias] =
-        call_backward(grads[0], input, hx, weight_ih, weight_hh, saved[4], relu,
-                      {needs(kInput), needs(kHx), needs(kWeightIh) || needs(kWeightHh),
-                       needs(kBiasIh) || needs(kBiasHh)});
+        call_elman_cell_backward(grads[0], input, hx, weight_ih, weight_hh, saved[4], relu,
+                                 {needs(kInput), needs(kHx), needs(kWeightIh) || needs(kWeightHh),
+                                  needs(kBiasIh) || needs(kBiasHh)});
     variable_list result(kEdges + 1);  // + relu
     auto give = [&](Edge e, const Tensor& g) {
       if (needs(e)) result[e] = g;
@@ -147,7 +123,7 @@ Tensor elman_cell_autograd(const Tensor& input, const Tensor& hx, const Tensor& 
     // Inference (no_grad, or nothing requires grad): no graph node to build, which is most of what
     // ElmanCell::apply costs at one step.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
+    return call_elman_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
   }
   return ElmanCell::apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
 }

@@ -9,7 +9,6 @@
 // Double backward (create_graph=True) goes through torch's own RNN instead of the fused operator:
 // see differentiable_gradients.
 #include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/rnn_relu.h>
 #include <ATen/ops/rnn_tanh.h>
 #include <ATen/ops/stack.h>
@@ -24,6 +23,7 @@
 
 #include "cpu/elman_cpu.h"
 #include "cpu/helper_thread.h"
+#include "op_calls.h"
 #include "records_autograd.h"
 
 namespace rnnkern {
@@ -32,33 +32,6 @@ namespace {
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-std::tuple<Tensor, Tensor> call_forward(const Tensor& input, const Tensor& hx,
-                                        at::TensorList weights,
-                                        const std::optional<Tensor>& batch_sizes, bool relu) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnkern::elman_layer", "")
-          .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, at::TensorList,
-                                            const std::optional<Tensor>&, bool)>();
-  return op.call(input, hx, weights, batch_sizes, relu);
-}
-
-using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-BackwardResult call_backward(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                             const Tensor& hx, const Tensor& weight_ih, const Tensor& weight_hh,
-                             const Tensor& output, const std::optional<Tensor>& batch_sizes,
-                             bool relu, std::array<bool, 4> output_mask) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnkern::elman_layer_backward", "")
-          .typed<BackwardResult(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                const Tensor&, const Tensor&, const Tensor&,
-                                const std::optional<Tensor>&, bool, std::array<bool, 4>)>();
-  return op.call(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output, batch_sizes, relu,
-                 output_mask);
-}
 
 // The weights of one role (0: weight_ih, 1: weight_hh) of every direction, stacked (D, H, .): the
 // backward operator's form of them (see ops.cpp). One direction is a view; two are a copy, unless
@@ -145,7 +118,7 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
                                at::TensorList weights, const std::optional<Tensor>& batch_sizes,
                                bool relu) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, h_n] = call_forward(input, hx, weights, batch_sizes, relu);
+    auto [output, h_n] = call_elman_layer(input, hx, weights, batch_sizes, relu);
     std::vector<Tensor> saved{input, hx, output};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
@@ -178,7 +151,7 @@ class ElmanLayer : public torch::autograd::Function<ElmanLayer> {
       if (!needs_weight(i)) continue;
       (static_cast<int64_t>(i) % per_direction < 2 ? need_matrices : need_bias) = true;
     }
-    const auto [grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias] = call_backward(
+    const auto [grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias] = call_elman_layer_backward(
         grads[0], grads[1], input, hx, stack_role(weights, D, 0, ctx->needs_input_grad(0)),
         stack_role(weights, D, 1, true), output, batch_sizes, relu,
         {ctx->needs_input_grad(0), ctx->needs_input_grad(1), need_matrices, need_bias});
@@ -214,7 +187,7 @@ std::tuple<Tensor, Tensor> elman_layer_autograd(const Tensor& input, const Tenso
   if (!record) {
     // Inference (no_grad, or nothing requires grad): no graph node to build.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_forward(input, hx, weights, batch_sizes, relu);
+    return call_elman_layer(input, hx, weights, batch_sizes, relu);
   }
   const variable_list out = ElmanLayer::apply(input, hx, weights, batch_sizes, relu);
   return {out[0], out[1]};

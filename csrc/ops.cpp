@@ -19,7 +19,6 @@
 // where a layer call's generality would cost more than the step. Its backward follows
 // elman_layer_backward's conventions without the direction dimension.
 
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/utils/pybind.h>
@@ -36,8 +35,10 @@
 #include "cpu/kernels.h"
 #include "cpu/openmp_teammate.h"
 #include "cpu/shared_steps.h"
+#include "eager_rnn.h"
 #include "layer/kernel_dtypes.h"
 #include "layer/layer_args.h"
+#include "op_calls.h"
 #if defined(RNNKERN_WITH_CUDA)
 #include "cuda/persistent_launch.h"
 #endif
@@ -69,34 +70,25 @@ namespace {
   throw std::invalid_argument("not a floating-point dtype name: " + name);
 }
 
-// torch.ops.rnnkern.elman_cell without the Python half of torch.ops: its call parses the arguments
-// against the schema into a stack of IValues, which at one step costs as much as the step (see
-// PERFORMANCE.md). This is the same operator through the same dispatcher (autograd included),
-// with arguments converted by pybind11.
-at::Tensor elman_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
-                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-                      const std::optional<at::Tensor>& bias_hh, bool relu) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("rnnkern::elman_cell", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, const std::optional<at::Tensor>&,
-                            const std::optional<at::Tensor>&, bool)>();
-  return op.call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, relu);
-}
-
-// torch.ops.rnnkern.elman_layer the same way, for a layer called in plain eager mode
-// (rnnkern/functional.py): at a few steps torch.ops' parsing is a third of the call.
+// rnnkern._C.elman_layer: pybind converts a list to a std::vector, not to a TensorList.
 std::tuple<at::Tensor, at::Tensor> elman_layer(const at::Tensor& input, const at::Tensor& hx,
                                                const std::vector<at::Tensor>& weights,
                                                const std::optional<at::Tensor>& batch_sizes,
                                                bool relu) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("rnnkern::elman_layer", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, at::TensorList,
-                                 const std::optional<at::Tensor>&, bool)>();
-  return op.call(input, hx, weights, batch_sizes, relu);
+  return rnnkern::call_elman_layer(input, hx, weights, batch_sizes, relu);
+}
+
+// rnnkern._C.eager_rnn: see eager_rnn.h. Its arguments are rnnkern.RNN's attributes.
+std::optional<std::tuple<at::Tensor, at::Tensor>> eager_rnn(const at::Tensor& input,
+                                                            const std::optional<at::Tensor>& hx,
+                                                            const std::vector<at::Tensor>& weights,
+                                                            int64_t input_size, int64_t hidden_size,
+                                                            int64_t num_layers, bool bidirectional,
+                                                            bool relu, bool batch_first,
+                                                            double dropout, bool training) {
+  return rnnkern::eager_rnn(
+      input, hx, weights,
+      {input_size, hidden_size, num_layers, bidirectional, relu, batch_first, dropout, training});
 }
 
 }  // namespace
@@ -168,10 +160,13 @@ PYBIND11_MODULE(_C, module) {
       },
       "elman_layer's argument checks alone, for the path that does not reach the operator "
       "(rnnkern/composite.py); raises RuntimeError as the operator does.");
-  module.def("elman_cell", torch::wrap_pybind_function_no_gil(elman_cell),
+  module.def("elman_cell", torch::wrap_pybind_function_no_gil(rnnkern::call_elman_cell),
              "torch.ops.rnnkern.elman_cell's eager fast path (same arguments, same errors).");
   module.def("elman_layer", torch::wrap_pybind_function_no_gil(elman_layer),
              "torch.ops.rnnkern.elman_layer's eager fast path (tensors only; the same checks).");
+  module.def("eager_rnn", torch::wrap_pybind_function_no_gil(eager_rnn),
+             "rnnkern.RNN's plain eager call on dense CPU input in one call (eager_rnn.h), or None "
+             "where the module's Python path must run.");
   module.def(
       "kernel_dtypes",
 

@@ -82,45 +82,6 @@ def elman_rnn(
     return layer_input, finals[0] if num_layers == 1 else torch.cat(finals, 0)
 
 
-@torch.jit.unused
-def elman_rnn_one_step(
-    step: Tensor,
-    hx: Tensor,
-    flat_weights: list[Tensor],
-    num_layers: int,
-    bidirectional: bool,
-    relu: bool,
-    dropout: float,
-    training: bool,
-) -> tuple[Tensor, Tensor]:
-    """elman_rnn on a sequence of one step, ``step`` (N, H_in), in plain eager mode on the CPU.
-
-    This is streaming (a model called once per step, its state carried from call to call), where a
-    call's fixed costs are all there is: each layer and direction is one call of the cell operator
-    (rnnkern._C.elman_cell, a few microseconds) instead of the layer operator (tens of
-    microseconds at one step: PERFORMANCE.md). Returns the last layer's output (N, D * H_out) and
-    h_n (num_layers * D, N, H_out), a tensor of its own as elman_rnn's is.
-    """
-    directions = 2 if bidirectional else 1
-    per_direction = len(flat_weights) // (num_layers * directions)
-    states = hx.unbind(0)
-    finals: list[Tensor] = []
-    layer_input = step
-    for layer in range(num_layers):
-        outputs = []
-        for d in range(directions):
-            k = layer * directions + d
-            w = flat_weights[k * per_direction : (k + 1) * per_direction]
-            b_ih, b_hh = (w[2], w[3]) if per_direction == 4 else (None, None)
-            outputs.append(_C.elman_cell(layer_input, states[k], w[0], w[1], b_ih, b_hh, relu))
-        finals += outputs
-        output = outputs[0] if directions == 1 else torch.cat(outputs, 1)
-        if dropout > 0 and training and layer < num_layers - 1:
-            output = F.dropout(output, dropout, training=True)
-        layer_input = output
-    return layer_input, torch.stack(finals)
-
-
 def run_layer(
     input: Tensor,
     hx: Tensor,

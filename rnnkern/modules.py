@@ -10,9 +10,11 @@ breaks on every ``isinstance(m, nn.RNN)`` module, and a fused operator is exactl
 through this one.
 
 Both forwards are TorchScript code, as nn.RNN's are: the argument handling is shared, and what runs
-the layers differs. Eager calls go through ``_eager_*`` (autocast, torch.func transforms, ONNX
-export, the fallback warning: see _routing.py); a scripted module calls the fused operator for the
-CPU kernels and torch's RNN for everything else. Error messages contain nn.RNN's own wording, so
+the layers differs. A plain eager call on dense CPU input runs whole in C++ (``_direct_call``:
+rnnkern._C.eager_rnn, which streams one-step calls through the cell operator); other eager calls go
+through ``_eager_*`` (autocast, torch.func transforms, ONNX export, the fallback warning: see
+_routing.py); a scripted module calls the fused operator for the CPU kernels and torch's RNN for
+everything else. Error messages contain nn.RNN's own wording, so
 code that matches nn.RNN's messages keeps working, and add what rnnkern knows.
 """
 
@@ -25,7 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _C, _routing, onnx_export
 from ._ops import KERNEL_DTYPES, elman_cell_op, scripted_has_kernel
-from .functional import _NONLINEARITIES, elman_rnn, elman_rnn_one_step, run_layer
+from .functional import _NONLINEARITIES, elman_rnn, run_layer
 
 _warned_fallback: set[tuple[str, torch.dtype]] = set()
 
@@ -220,7 +222,39 @@ class RNN(nn.RNNBase):
         """Runs the RNN over ``input`` from state ``hx``; see the class docstring for shapes."""
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
+        if not torch.jit.is_scripting():
+            direct = self._direct_call(input, hx)
+            if direct is not None:
+                return direct
         return self._forward_tensor(input, hx)
+
+    @torch.jit.unused
+    def _direct_call(self, input: Tensor, hx: Optional[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
+        """The whole call in one step into C++ (rnnkern._C.eager_rnn, csrc/eager_rnn.h) in plain
+        eager mode on the CPU: _forward_tensor's work with the same operators in the same order,
+        without its Python, which was 79k of the 179k instructions of a call of 4 steps at batch
+        1, hidden 64 (PERFORMANCE.md, version 25). None where _forward_tensor must run instead:
+        anything to check, warn about, cast or route elsewhere."""
+        weights = _parameter_values(self, self._flat_weights_names)
+        tensors = (input, *weights) if hx is None else (input, hx, *weights)
+        if not _routing.plain_eager_kernel_call(tensors):
+            return None
+        try:
+            return _C.eager_rnn(
+                input,
+                hx,
+                weights,
+                self.input_size,
+                self.hidden_size,
+                self.num_layers,
+                self.bidirectional,
+                self.nonlinearity == "relu",
+                self.batch_first,
+                self.dropout,
+                self.training,
+            )
+        except TypeError:
+            return None  # arguments pybind cannot take: _forward_tensor says what is wrong
 
     def _forward_packed(
         self, input: PackedSequence, hx: Optional[Tensor]
@@ -287,7 +321,9 @@ class RNN(nn.RNNBase):
                 # barrier a busy machine makes wait and whose second thread then spins on the core
                 # rnnkern's helper thread would use (PERFORMANCE.md, version 19). Elsewhere torch's
                 # RNN may run instead (cuDNN wants a contiguous hx).
-                hx = torch.zeros(1, 1, self.hidden_size, dtype=data.dtype).expand(shape)
+                hx = torch.zeros(
+                    1, 1, self.hidden_size, dtype=data.dtype, device=data.device
+                ).expand(shape)
             else:
                 hx = torch.zeros(shape, dtype=data.dtype, device=data.device)
         if (
@@ -350,25 +386,6 @@ class RNN(nn.RNNBase):
         if dtype != data.dtype or any(w.dtype != dtype for w in weights):
             # Only under autocast (differentiable: gradients reach the float32 parameters).
             data, hx, weights = data.to(dtype), hx.to(dtype), [w.to(dtype) for w in weights]
-        step_dim = 1 if self.batch_first else 0
-        if (
-            batch_sizes is None
-            and data.shape[step_dim] == 1
-            and device_type == "cpu"
-            and _routing.plain_eager_kernel_call((data, hx, *weights))
-        ):
-            # Streaming, one step per call: one cell operator call per layer and direction.
-            output, h_n = elman_rnn_one_step(
-                data.select(step_dim, 0),
-                hx,
-                weights,
-                self.num_layers,
-                self.bidirectional,
-                self.nonlinearity == "relu",
-                self.dropout,
-                self.training,
-            )
-            return output.unsqueeze(step_dim), h_n
         return self._kernel_layers(data, hx, weights, batch_sizes)
 
     def _kernel_layers(

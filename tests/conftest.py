@@ -71,6 +71,30 @@ def grads(outputs, inputs) -> list[torch.Tensor | None]:
     return list(torch.autograd.grad(total, inputs, allow_unused=True))
 
 
+def count_calls_of(monkeypatch, where, entry: str, keep=lambda args, result: True) -> list:
+    """The arguments of every call of rnnkern._C.<entry> made through module `where`'s _C (for
+    which keep(args, result) holds), from now until the test ends (each call still runs)."""
+    calls = []
+    original = where._C
+
+    class CountingC:
+        def __getattr__(self, name):
+            function = getattr(original, name)
+            if name != entry:
+                return function
+
+            def counted(*args):
+                result = function(*args)
+                if keep(args, result):
+                    calls.append(args)
+                return result
+
+            return counted
+
+    monkeypatch.setattr(where, "_C", CountingC())
+    return calls
+
+
 def assert_close(actual, expected, tol, what=""):
     torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
 

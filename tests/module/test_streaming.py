@@ -1,8 +1,8 @@
 """Streaming: rnnkern.RNN called one step at a time (its state carried from call to call), and
 rnnkern.RNNCell, on the one-step cell operator.
 
-A one-step rnnkern.RNN call in plain eager mode on the CPU runs elman_rnn_one_step (one cell
-operator call per layer and direction); under torch.jit.trace, torch.compile, torch.func transforms
+A one-step rnnkern.RNN call in plain eager mode on the CPU runs whole in C++ (rnnkern._C.eager_rnn:
+one cell operator call per layer and direction); under torch.jit.trace, torch.compile, torch.func transforms
 and forward AD it takes the layer operator's paths. Either way the results are nn.RNN's.
 Both modules read their parameters from module._parameters, falling back to getattr for
 parametrized weights.
@@ -18,23 +18,22 @@ from torch.nn.utils.parametrizations import weight_norm
 
 import rnnkern
 from rnnkern import functional, modules
-from tests.conftest import GRAD_TOL, TOL, assert_close, rnn_pair
+from tests.conftest import GRAD_TOL, TOL, assert_close, count_calls_of, rnn_pair
 
 STEPS = 6
 
 
+def one_step(args, result) -> bool:
+    """Whether a call of rnnkern._C.eager_rnn ran (not None) on a sequence of one step."""
+    x, batch_first = args[0], args[8]
+    return result is not None and x.shape[1 if batch_first and x.dim() == 3 else 0] == 1
+
+
 @pytest.fixture
 def one_step_calls(monkeypatch) -> list:
-    """Counts the calls of elman_rnn_one_step (the streaming path) made through rnnkern.RNN."""
-    calls = []
-    original = modules.elman_rnn_one_step
-
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(modules, "elman_rnn_one_step", counting)
-    return calls
+    """The one-step calls rnnkern.RNN ran whole in C++ (rnnkern._C.eager_rnn), the streaming path:
+    one cell operator call per layer and direction (test_direct_call.py checks which operators)."""
+    return count_calls_of(monkeypatch, modules, "eager_rnn", keep=one_step)
 
 
 def step_slices(xs: torch.Tensor, batch_first: bool, batched: bool) -> list[torch.Tensor]:
@@ -493,28 +492,6 @@ def test_cell_streaming_matches_nn_rnn_cell(bias, batched):
         assert_close(a, b, GRAD_TOL[torch.float32], "gradient")
 
 
-def count_calls_of(monkeypatch, where, entry: str) -> list:
-    """The arguments of every call of rnnkern._C.<entry> made through module `where`'s _C, from
-    now until the test ends (each call still runs)."""
-    calls = []
-    original = where._C
-
-    class CountingC:
-        def __getattr__(self, name):
-            function = getattr(original, name)
-            if name != entry:
-                return function
-
-            def counted(*args):
-                calls.append(args)
-                return function(*args)
-
-            return counted
-
-    monkeypatch.setattr(where, "_C", CountingC())
-    return calls
-
-
 def test_cell_calls_the_cell_operator(monkeypatch):
     # Plain eager calls of rnnkern.RNNCell go through rnnkern._C.elman_cell (not the layer op).
     calls = count_calls_of(monkeypatch, modules, "elman_cell")
@@ -526,14 +503,16 @@ def test_cell_calls_the_cell_operator(monkeypatch):
 
 
 def test_plain_eager_layer_calls_go_straight_into_the_dispatcher(monkeypatch):
-    # Plain eager calls of a layer on the CPU go through rnnkern._C.elman_layer (no torch.ops
-    # parsing); traced ones record the operator itself (test_trace_records_the_layer_operator).
+    # Plain eager calls of the functional layer on the CPU go through rnnkern._C.elman_layer (no
+    # torch.ops parsing); traced ones record the operator itself
+    # (test_trace_records_the_layer_operator). (A module's plain eager call runs whole in C++:
+    # test_direct_call.py.)
     calls = count_calls_of(monkeypatch, functional, "elman_layer")
-    theirs, ours = rnn_pair(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)
-    x = torch.randn(5, 2, 3)
-    out, h_n = ours(x)
-    assert len(calls) == 2  # one per layer
-    expected, expected_h_n = theirs(x)
+    theirs = nn.RNN(3, 4, bidirectional=True)
+    x, h0 = torch.randn(5, 2, 3), torch.randn(2, 2, 4)
+    out, h_n = functional.elman_layer(x, h0, list(theirs._flat_weights))
+    assert len(calls) == 1
+    expected, expected_h_n = theirs(x, h0)
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
     torch.testing.assert_close(h_n, expected_h_n, **TOL[torch.float32])
 
