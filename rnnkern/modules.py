@@ -235,11 +235,11 @@ class RNN(nn.RNNBase):
         without its Python, which was 79k of the 179k instructions of a call of 4 steps at batch
         1, hidden 64 (PERFORMANCE.md, version 25). None where _forward_tensor must run instead:
         anything to check, warn about, cast or route elsewhere."""
-        weights = _parameter_values(self, self._flat_weights_names)
-        tensors = (input, *weights) if hx is None else (input, hx, *weights)
-        if not _routing.plain_eager_kernel_call(tensors):
-            return None
         try:
+            weights = _parameter_values(self, self._flat_weights_names)
+            tensors = (input, *weights) if hx is None else (input, hx, *weights)
+            if not _routing.plain_eager_kernel_call(tensors):
+                return None
             return _C.eager_rnn(
                 input,
                 hx,
@@ -254,7 +254,7 @@ class RNN(nn.RNNBase):
                 self.training,
             )
         except TypeError:
-            return None  # arguments pybind cannot take: _forward_tensor says what is wrong
+            return None  # arguments that are not tensors: _forward_tensor says what is wrong
 
     def _forward_packed(
         self, input: PackedSequence, hx: Optional[Tensor]
@@ -264,6 +264,7 @@ class RNN(nn.RNNBase):
         coming out."""
         if not torch.jit.is_scripting():
             onnx_export.refuse_packed_input()
+        self._update_flat_weights()
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if hx is not None:
             hx = self.permute_hidden(hx, sorted_indices)
@@ -273,6 +274,7 @@ class RNN(nn.RNNBase):
 
     def _forward_tensor(self, input: Tensor, hx: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """A padded (or unbatched) tensor: an unbatched call runs as a batch of one."""
+        self._update_flat_weights()  # as nn.RNN: its checks read _flat_weights
         batched = self._check_dims(input, hx)
         batch_dim = 0 if self.batch_first else 1
         data = input
