@@ -52,6 +52,8 @@ def training(module, x):
 def cases() -> dict:
     torch.manual_seed(0)
     one, two = pair(1), pair(2)
+    both = rnnkern.RNN(I, H, bidirectional=True), torch.nn.RNN(I, H, bidirectional=True)
+    both[1].load_state_dict(both[0].state_dict())
     x1, x4 = torch.randn(1, 1, I), torch.randn(4, 1, I)
     h1 = torch.randn(1, 1, H)
     found = {}
@@ -60,6 +62,8 @@ def cases() -> dict:
         found[f"{name}_1_64_1_streaming"] = inference(one[index], x1, h1)
         found[f"{name}_2layers_1_64_4"] = inference(two[index], x4)
         found[f"{name}_1_64_4_training"] = training(one[index], x4)
+        found[f"{name}_bidirectional_1_64_4"] = inference(both[index], x4)
+        found[f"{name}_bidirectional_1_64_4_training"] = training(both[index], x4)
     return found
 
 

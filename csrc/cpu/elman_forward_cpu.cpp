@@ -244,8 +244,10 @@ void project(ForwardCall& c) {
 // the cell operator runs one step: every step reads W_ih and W_hh where they are, in nn.RNN's
 // layout. The other paths first make a transposed, padded copy of W_hh (and, pipelined, of W_ih)
 // and project the whole input in one GEMM, costs of a call rather than of a step that a sequence of
-// a few steps never earns back. The same single thread whatever torch's thread count: the same
-// bits on one thread or two. Each direction's state stays in h_n, which holds h0 on entry.
+// a few steps never earns back (nor does the driver's stacked W_ih^T and bias sum, which it skips
+// for these shapes: run_forward's reads_weights_as_stored). The same single thread whatever torch's
+// thread count: the same bits on one thread or two. Each direction's state stays in h_n, which
+// holds h0 on entry.
 template <typename T>
 void forward_on_cell_kernel(ForwardCall& c) {
   const LayerShape& s = c.shape;
@@ -255,10 +257,12 @@ void forward_on_cell_kernel(ForwardCall& c) {
   const at::Tensor x_rows = c.x.contiguous();
   const T* x = x_rows.template data_ptr<T>();
   T* out = c.out.template data_ptr<T>();
-  const T* bias = c.bias ? c.bias->template data_ptr<T>() : nullptr;  // b_ih + b_hh, (D*H)
   for (int64_t d = 0; d < s.directions; ++d) {
     const at::Tensor w_ih = weight_ih(c.weights, s, d).contiguous();
     const at::Tensor w_hh = weight_hh(c.weights, s, d).contiguous();
+    // The cell kernel adds b_ih + b_hh itself: the same float as the driver's bias sum.
+    const at::Tensor b_ih = s.has_bias ? bias_ih(c.weights, s, d).contiguous() : at::Tensor();
+    const at::Tensor b_hh = s.has_bias ? bias_hh(c.weights, s, d).contiguous() : at::Tensor();
     T* state = c.h_n.select(0, d).template data_ptr<T>();
     for (int64_t i = 0; i < L.steps; ++i) {
       const int64_t t = visited_step(L.steps, /*reverse=*/d == 1, i, /*backward=*/false);
@@ -266,7 +270,8 @@ void forward_on_cell_kernel(ForwardCall& c) {
       T* y = out + L.offset[t] * DH + d * H;
       k.cell_forward(activation(c.relu), rows, x + L.offset[t] * I, I, I,
                      w_ih.template data_ptr<T>(), state, H, H, w_hh.template data_ptr<T>(),
-                     bias ? bias + d * H : nullptr, nullptr, H, y, DH);
+                     s.has_bias ? b_ih.template data_ptr<T>() : nullptr,
+                     s.has_bias ? b_hh.template data_ptr<T>() : nullptr, H, y, DH);
       for (int64_t r = 0; r < rows; ++r) std::memcpy(state + r * H, y + r * DH, H * sizeof(T));
     }
   }
@@ -329,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, cons
   std::optional<SingleThreaded> single_threaded;
   if (single_threaded_call(hx)) single_threaded.emplace();
   return run_forward("rnnkern::elman_layer", c10::DeviceType::CPU, input, hx, weights, batch_sizes,
-                     relu, forward_loop);
+                     relu, forward_loop, short_on_cell_kernel);
 }
 
 }  // namespace rnnkern::cpu

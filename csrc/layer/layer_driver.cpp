@@ -45,7 +45,8 @@ void ForwardCall::project_columns(int64_t first_row, int64_t rows, int64_t first
 std::tuple<Tensor, Tensor> run_forward(const char* op, c10::DeviceType device, const Tensor& input,
                                        const Tensor& hx, at::TensorList weights,
                                        const std::optional<Tensor>& batch_sizes, bool relu,
-                                       const ForwardLoop& loop) {
+                                       const ForwardLoop& loop,
+                                       bool (*reads_weights_as_stored)(const LayerShape&)) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner ATen calls are not recorded
   ForwardCall c;
   c.shape = check_layer_args(op, input, hx, weights, batch_sizes);
@@ -58,9 +59,11 @@ std::tuple<Tensor, Tensor> run_forward(const char* op, c10::DeviceType device, c
   c.relu = relu;
   c.weights = weights;
   c.x = input.reshape({L.total_rows, s.input_size});
-  c.w_ih_t = stack_directions(s, weights, weight_ih).t();
-  if (s.has_bias)
-    c.bias = stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
+  if (!reads_weights_as_stored || !reads_weights_as_stored(s)) {
+    c.w_ih_t = stack_directions(s, weights, weight_ih).t();
+    if (s.has_bias)
+      c.bias = stack_directions(s, weights, bias_ih) + stack_directions(s, weights, bias_hh);
+  }
   c.out = at::empty({L.total_rows, DH}, input.options());
   c.h0 = hx.contiguous();
   c.h_n = c.h0.clone();

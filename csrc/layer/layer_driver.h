@@ -52,6 +52,8 @@ struct ForwardCall {
   // Direction d's columns of every row's projection, written to `dest` (N, H).
   void project_direction_into(int64_t d, at::Tensor dest) const;
 
+  // The projection's operands, built by the driver unless the loop reads the weights as stored
+  // (run_forward's reads_weights_as_stored): then undefined and nullopt.
   at::Tensor w_ih_t;               // (I, D*H): both directions' W_ih, transposed
   std::optional<at::Tensor> bias;  // (D*H): b_ih + b_hh, when the layer has biases
 
@@ -116,11 +118,13 @@ struct BackwardCall {
 using ForwardLoop = std::function<void(ForwardCall&)>;
 using BackwardLoop = std::function<void(BackwardCall&)>;
 
-std::tuple<at::Tensor, at::Tensor> run_forward(const char* op, c10::DeviceType device,
-                                               const at::Tensor& input, const at::Tensor& hx,
-                                               at::TensorList weights,
-                                               const std::optional<at::Tensor>& batch_sizes,
-                                               bool relu, const ForwardLoop& loop);
+// One layer's forward: the checks, the outputs, the projection's operands, then `loop`. A loop that
+// for some shapes reads the weights as they are (the CPU's short layers) says which with
+// reads_weights_as_stored, and the driver then skips the copies it would make for the projection.
+std::tuple<at::Tensor, at::Tensor> run_forward(
+    const char* op, c10::DeviceType device, const at::Tensor& input, const at::Tensor& hx,
+    at::TensorList weights, const std::optional<at::Tensor>& batch_sizes, bool relu,
+    const ForwardLoop& loop, bool (*reads_weights_as_stored)(const LayerShape&) = nullptr);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
     const char* op, c10::DeviceType device, const at::Tensor& grad_output,
