@@ -54,6 +54,8 @@ struct Kernels {
   // One cell step on weights in nn.RNNCell's own layout (no transposed copy):
   //   out[r, j] = act(bias_a[j] + bias_b[j] + a[r, 0:ka] . A[j, 0:ka] + b[r, 0:kb] . B[j, 0:kb])
   // for r < rows, j < n. A (n, ka) and B (n, kb) are contiguous row-major; either bias may be null.
+  // With one row, out may be bias_a itself: each unit's bias is read before its output is written
+  // (a step whose projection is in out already: shared_steps.h).
   void (*cell_forward)(Activation act, int64_t rows, const T* a, int64_t a_stride, int64_t ka,
                        const T* A, const T* b, int64_t b_stride, int64_t kb, const T* B,
                        const T* bias_a, const T* bias_b, int64_t n, T* out, int64_t out_stride);

@@ -71,8 +71,9 @@ struct SharedSteps {
         rows(p.layout.batch),
         H(p.hidden()),
         split(std::min(H - 1, (H / 2 + 15) / 16 * 16)),
-        wt(padded_matrix(p.w_hh.contiguous().template data_ptr<T>(), H, H, k.width,
-                         /*transpose=*/true)),
+        w(p.w_hh.contiguous()),
+        wt(rows == 1 ? std::vector<T>()
+                     : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true)),
         wt_stride(padded(H, k.width)),
         out(out_),
         y(p.template columns<T>(out_)),
@@ -122,8 +123,7 @@ struct SharedSteps {
     for (int64_t t = 0; t < steps; ++t) {
       T* yt = y.row(offset[t]);
       const auto start = Clock::now();
-      k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data(),
-                          wt_stride, split, yt, y.ld);
+      units(t, 0, split, yt, y.ld);
       fastest = std::min<Clock::duration>(fastest, Clock::now() - start);
       const Outcome outcome =
           helper ? helper_part_of(t, 2 * fastest + kSlack) : Outcome::kNotStarted;
@@ -155,8 +155,22 @@ struct SharedSteps {
   // The helper's part of step t into dest (rows of dest_stride), which holds its projection: by
   // the helper into its own buffer, or by the caller into the output, with the same kernel call.
   void helper_part(int64_t t, T* dest, int64_t dest_stride) const {
-    k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data() + split,
-                        wt_stride, H - split, dest, dest_stride);
+    units(t, split, H - split, dest, dest_stride);
+  }
+
+  // Units [first, first + n) of step t: dest (rows of dest_stride) holds their projection on
+  // entry and h_t on exit. At batch 1 as dot products of W_hh's rows as stored with h_{t-1} (the
+  // cell kernel, the projection as its bias): each row of W_hh is one sequential stream, where the
+  // row-blocked kernel on W_hh^T reads a few cache lines of every row of a tile per block of
+  // columns, which the prefetchers do not follow (PERFORMANCE.md, version 27).
+  void units(int64_t t, int64_t first, int64_t n, T* dest, int64_t dest_stride) const {
+    if (rows == 1) {
+      k.cell_forward(act, 1, previous(t), H, H, w.template data_ptr<T>() + first * H, nullptr, 0, 0,
+                     nullptr, dest, nullptr, n, dest, dest_stride);
+      return;
+    }
+    k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data() + first,
+                        wt_stride, n, dest, dest_stride);
   }
 
   // What became of the helper's part of a step.
@@ -210,7 +224,8 @@ struct SharedSteps {
   const Kernels<T>& k;
   const Activation act;
   const int64_t steps, rows, H, split;
-  const std::vector<T> wt;  // W_hh^T, padded rows
+  const at::Tensor w;       // W_hh (H, H), contiguous
+  const std::vector<T> wt;  // W_hh^T, padded rows (above batch 1)
   const int64_t wt_stride;
   const at::Tensor out;  // the call's output: its handle keeps y's memory alive for the helper
   const Columns<T> y;    // the output's rows: the projection on entry, h_t on exit
