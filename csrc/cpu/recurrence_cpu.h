@@ -39,6 +39,29 @@ inline bool use_register_kernel(const SequenceLayout& layout) {
   return use_register_kernel(layout.batch);
 }
 
+// From this hidden size a step at batch 1 runs as dot products of W_hh's rows as stored (dot_step)
+// rather than on the row-blocked kernel over a transposed copy of W_hh: each row of W_hh is then
+// one sequential stream, where a row-blocked pass reads a few cache lines of every row of a tile
+// per block of columns. Measured (PERFORMANCE.md, version 27), batch 1, 256 steps, forward, the two
+// alternated in one process, row-blocked time over dot time, one thread and two: hidden 64
+// 0.85x and 0.83x, 96 1.03x and 0.87x, 128 0.99x and 1.03x, 256 1.03x and 1.18x, 384 to 640 1.26x
+// to 1.45x. (Below, the row-blocked kernel's W_hh^T fits in L1 or L2 and needs no horizontal sums.)
+constexpr int64_t kMinDotHidden = 256;
+
+inline bool dot_form(const SequenceLayout& layout, int64_t hidden) {
+  return layout.batch == 1 && hidden >= kMinDotHidden;
+}
+
+// Units [0, n) of one step at batch 1: y (n) holds their projection on entry and
+// act(y + w_rows @ h) on exit, where w_rows (n, H) are their rows of W_hh as stored and h (H) is
+// the previous state: the cell kernel, with the projection as its bias (read before each unit is
+// written).
+template <typename T>
+void dot_step(const Kernels<T>& k, Activation act, const T* h, int64_t H, const T* w_rows,
+              int64_t n, T* y) {
+  k.cell_forward(act, 1, h, H, H, w_rows, nullptr, 0, 0, nullptr, y, nullptr, n, y, n);
+}
+
 // Where one direction's columns sit in a 2-D (N, D*H) buffer.
 template <typename T>
 struct Columns {
@@ -109,6 +132,17 @@ void forward_direction(
   const int64_t H = p.hidden();
   const Columns<T> y_cols = p.template columns<T>(out);
   T* S = state.data_ptr<T>();
+  if (dot_form(L, H)) {
+    const at::Tensor w = p.w_hh.contiguous();
+    for (int64_t i = 0; i < L.steps; ++i) {
+      const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
+      before_step(t);
+      T* y = y_cols.row(L.offset[t]);
+      dot_step(k, p.act, S, H, w.template data_ptr<T>(), H, y);
+      std::memcpy(S, y, H * sizeof(T));
+    }
+    return;
+  }
   if (use_register_kernel(L)) {
     const std::vector<T> wt = padded_matrix(p.w_hh.contiguous().template data_ptr<T>(), H, H,
                                             k.width, /*transpose=*/true);

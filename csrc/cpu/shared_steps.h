@@ -72,8 +72,9 @@ struct SharedSteps {
         H(p.hidden()),
         split(std::min(H - 1, (H / 2 + 15) / 16 * 16)),
         w(p.w_hh.contiguous()),
-        wt(rows == 1 ? std::vector<T>()
-                     : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true)),
+        dot(dot_form(p.layout, H)),
+        wt(dot ? std::vector<T>()
+               : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true)),
         wt_stride(padded(H, k.width)),
         out(out_),
         y(p.template columns<T>(out_)),
@@ -159,14 +160,10 @@ struct SharedSteps {
   }
 
   // Units [first, first + n) of step t: dest (rows of dest_stride) holds their projection on
-  // entry and h_t on exit. At batch 1 as dot products of W_hh's rows as stored with h_{t-1} (the
-  // cell kernel, the projection as its bias): each row of W_hh is one sequential stream, where the
-  // row-blocked kernel on W_hh^T reads a few cache lines of every row of a tile per block of
-  // columns, which the prefetchers do not follow (PERFORMANCE.md, version 27).
+  // entry and h_t on exit. At batch 1 as dot products of W_hh's rows (recurrence_cpu.h, dot_form).
   void units(int64_t t, int64_t first, int64_t n, T* dest, int64_t dest_stride) const {
-    if (rows == 1) {
-      k.cell_forward(act, 1, previous(t), H, H, w.template data_ptr<T>() + first * H, nullptr, 0, 0,
-                     nullptr, dest, nullptr, n, dest, dest_stride);
+    if (dot) {
+      dot_step(k, act, previous(t), H, w.template data_ptr<T>() + first * H, n, dest);
       return;
     }
     k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data() + first,
@@ -225,6 +222,7 @@ struct SharedSteps {
   const Activation act;
   const int64_t steps, rows, H, split;
   const at::Tensor w;       // W_hh (H, H), contiguous
+  const bool dot;           // batch 1: each part as dot products of w's rows (dot_step)
   const std::vector<T> wt;  // W_hh^T, padded rows (above batch 1)
   const int64_t wt_stride;
   const at::Tensor out;  // the call's output: its handle keeps y's memory alive for the helper

@@ -164,6 +164,10 @@ KERNEL_TABLE_SCRIPT = textwrap.dedent(
         # one direction, 130 steps: blocks of steps projected ahead and weight gradients behind on
         # the kernel (step_blocks.h)
         (dict(input_size=5, hidden_size=37), 2, 130),
+        # batch 1 from hidden 256: dot products of W_hh's rows (recurrence_cpu.h, dot_form), both
+        # directions, and the projection pipelined ahead (260 steps)
+        (dict(input_size=4, hidden_size=259, bidirectional=True), 1, MAX_ROWS + 8),
+        (dict(input_size=4, hidden_size=258, nonlinearity="relu"), 1, 260),
         # hidden >= 768 at batch 1: each step's units split in two parts (shared_steps.h)
         (dict(input_size=4, hidden_size=770), 1, MAX_ROWS + 8),
     ]
