@@ -59,7 +59,9 @@ inline bool dot_form(const SequenceLayout& layout, int64_t hidden) {
 template <typename T>
 void dot_step(const Kernels<T>& k, Activation act, const T* h, int64_t H, const T* w_rows,
               int64_t n, T* y) {
-  k.cell_forward(act, 1, h, H, H, w_rows, nullptr, 0, 0, nullptr, y, nullptr, n, y, n);
+  // (One row: the row strides are never read.)
+  k.cell_forward(act, 1, h, H, H, w_rows, nullptr, 0, 0, nullptr, y, nullptr, n, y,
+                 /*out_stride=*/0);
 }
 
 // Where one direction's columns sit in a 2-D (N, D*H) buffer.
