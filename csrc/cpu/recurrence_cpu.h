@@ -134,27 +134,22 @@ void forward_direction(
   const int64_t H = p.hidden();
   const Columns<T> y_cols = p.template columns<T>(out);
   T* S = state.data_ptr<T>();
-  if (dot_form(L, H)) {
-    const at::Tensor w = p.w_hh.contiguous();
-    for (int64_t i = 0; i < L.steps; ++i) {
-      const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
-      before_step(t);
-      T* y = y_cols.row(L.offset[t]);
-      dot_step(k, p.act, S, H, w.template data_ptr<T>(), H, y);
-      std::memcpy(S, y, H * sizeof(T));
-    }
-    return;
-  }
   if (use_register_kernel(L)) {
-    const std::vector<T> wt = padded_matrix(p.w_hh.contiguous().template data_ptr<T>(), H, H,
-                                            k.width, /*transpose=*/true);
+    const at::Tensor w = p.w_hh.contiguous();
+    const bool dot = dot_form(L, H);  // batch 1: no transposed copy
+    const std::vector<T> wt =
+        dot ? std::vector<T>()
+            : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true);
     const int64_t wt_stride = padded(H, k.width);
     for (int64_t i = 0; i < L.steps; ++i) {
       const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
       before_step(t);
       T* y = y_cols.row(L.offset[t]);
-      k.rows_times_matrix(Epilogue::kAddActivate, p.act, L.rows[t], S, H, H, wt.data(), wt_stride,
-                          H, y, y_cols.ld);
+      if (dot)
+        dot_step(k, p.act, S, H, w.template data_ptr<T>(), H, y);
+      else
+        k.rows_times_matrix(Epilogue::kAddActivate, p.act, L.rows[t], S, H, H, wt.data(), wt_stride,
+                            H, y, y_cols.ld);
       for (int64_t r = 0; r < L.rows[t]; ++r)
         std::memcpy(S + r * H, y + r * y_cols.ld, H * sizeof(T));
     }
