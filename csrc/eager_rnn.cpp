@@ -3,13 +3,17 @@
 #include "eager_rnn.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+
 #include <algorithm>
 
+#include "cpu/elman_cpu.h"
 #include "layer/kernel_dtypes.h"
 #include "op_calls.h"
 
@@ -79,15 +83,45 @@ std::tuple<Tensor, Tensor> one_step(const Tensor& step, const Tensor& h,
   return {layer_input, at::stack(finals)};
 }
 
-// elman_rnn: one layer operator call per layer, on sequence-first x (L, N, H_in).
+// Whether stacked layers may run two at a time as a wavefront on two cores
+// (cpu::elman_layer_pair_cpu), which the dispatcher never sees: one direction, no autograd graph
+// wanted, no dropout between layers, and no Python dispatch mode (a mode sees every operator the
+// Python path calls: the layer operator per layer).
+bool pairs_allowed(const Tensor& x, const Tensor& h, const std::vector<Tensor>& weights,
+                   const StackConfig& c) {
+  if (c.bidirectional || c.num_layers < 2 || (c.dropout > 0 && c.training) ||
+      c10::impl::TorchDispatchModeTLS::stack_len() > 0)
+    return false;
+  if (!at::GradMode::is_enabled()) return true;
+  if (x.requires_grad() || h.requires_grad()) return false;
+  return std::none_of(weights.begin(), weights.end(),
+                      [](const Tensor& w) { return w.requires_grad(); });
+}
+
+// elman_rnn: one layer operator call per layer, on sequence-first x (L, N, H_in), or two layers at
+// a time where pairs_allowed and the shapes run as a wavefront (the same bits).
 std::tuple<Tensor, Tensor> layers(const Tensor& x, const Tensor& h,
                                   const std::vector<Tensor>& weights, const StackConfig& c) {
   const int64_t directions = c.bidirectional ? 2 : 1;
   const auto per_layer = static_cast<int64_t>(weights.size()) / c.num_layers;
+  const bool pairs = x.device().is_cpu() && pairs_allowed(x, h, weights, c);
   std::vector<Tensor> finals;
   Tensor layer_input = x;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     const at::TensorList w(weights.data() + layer * per_layer, per_layer);
+    if (pairs && layer + 1 < c.num_layers) {
+      const at::TensorList upper(w.data() + per_layer, per_layer);
+      auto pair = cpu::elman_layer_pair_cpu(layer_input, h.slice(0, layer, layer + 1), w,
+                                            h.slice(0, layer + 1, layer + 2), upper, c.relu);
+      if (pair) {
+        auto& [output, h_n_lower, h_n_upper] = *pair;
+        finals.push_back(h_n_lower);
+        finals.push_back(h_n_upper);
+        layer_input = output;
+        ++layer;
+        continue;
+      }
+    }
     const Tensor layer_h =
         c.num_layers == 1 ? h : h.slice(0, layer * directions, (layer + 1) * directions);
     auto [output, h_n] = call_elman_layer(layer_input, layer_h, w, std::nullopt, c.relu);

@@ -146,6 +146,20 @@ PYBIND11_MODULE(_C, module) {
   module.def(
       "helper_parts_taken_back", [] { return rnnkern::cpu::parts_taken_back.load(); },
       "How many steps' helper parts of a shared recurrence callers took back in this process.");
+  module.def(
+      "set_stacked_pairs",
+      [](bool enabled) { return rnnkern::cpu::stacked_pairs_enabled.exchange(enabled); },
+      "For the tests and the benchmarks: whether a module call on the CPU may run two stacked "
+      "layers at once as a wavefront on two cores (else one layer operator call per layer); "
+      "returns the previous setting.");
+  module.def(
+      "stacked_pair_counts",
+      [] {
+        return std::make_pair(rnnkern::cpu::pair_calls.load(),
+                              rnnkern::cpu::upper_blocks_by_caller.load());
+      },
+      "(calls, blocks): how many pairs of stacked layers ran as a wavefront in this process, and "
+      "how many of their upper layers' blocks the caller computed rather than the helper.");
   module.def("helper_float_control", &rnnkern::cpu::helper_float_control,
              "The floating-point control (x86 MXCSR) the helper thread ran its latest task under.");
   module.def(

@@ -43,6 +43,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const at::Tensor& output, bool relu,
     std::array<bool, 4> output_mask);
 
+// Whether a layer of this shape runs as one half of a wavefront of two stacked layers
+// (elman_layer_pair_cpu): one direction, pipelined (a register batch and enough steps), and none
+// of the paths that replace the pipeline (the cell kernel for a few rows, the shared steps at
+// large hidden).
+bool runs_as_wavefront(const LayerShape& s);
+
+// Two stacked one-direction layers' forward at once, the lower layer on the caller and the upper
+// one block behind it on the helper thread (stacked_forward_cpu.cpp), for inference (no autograd):
+// input (T, B, I) dense, each layer's hx (1, B, H) and weights as elman_layer's. Returns the upper
+// layer's output and both layers' h_n, the same bits as elman_layer_cpu on each layer in turn; or
+// nullopt, having done nothing, where either layer would not run as a wavefront
+// (runs_as_wavefront) or the sizes are not those of two such layers. The arguments are checked as
+// elman_layer's are.
+//
+// For the tests and the benchmarks: stacked_pairs_enabled (true unless set otherwise) lets the
+// module's direct call use it; pair_calls counts the calls that ran, and upper_blocks_by_caller
+// the upper layer's blocks their callers computed (the helper's were not done in time).
+inline std::atomic<bool> stacked_pairs_enabled{true};
+inline std::atomic<int64_t> pair_calls{0};
+inline std::atomic<int64_t> upper_blocks_by_caller{0};
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(
+    const at::Tensor& input, const at::Tensor& hx_lower, at::TensorList weights_lower,
+    const at::Tensor& hx_upper, at::TensorList weights_upper, bool relu);
+
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 
 // The most threads torch may have (as the caller set it) for a call at BLAS batch to run on its own

@@ -117,6 +117,8 @@ void beside_helper(std::function<void()> helper_part,
   caller_part(offer_to_helper(std::move(helper_part)));
 }
 
+bool helper_part_on_a_team() { return helper_available() && use_team(); }
+
 TeammateMode set_teammate_mode(TeammateMode m) {
   return static_cast<TeammateMode>(mode.exchange(static_cast<int>(m)));
 }

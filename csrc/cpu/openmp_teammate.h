@@ -37,6 +37,10 @@ namespace rnnkern::cpu {
 // computes the same block).
 void beside_helper(std::function<void()> helper_part, const std::function<void(bool)>& caller_part);
 
+// Whether beside_helper, called now on this thread, would run helper_part on torch's OpenMP worker
+// as a team of two (rather than on the helper thread, or on no second thread at all).
+bool helper_part_on_a_team();
+
 // Which second thread beside_helper uses: kAuto as above, or always one (for the tests).
 enum class TeammateMode : int { kAuto = 0, kHelperThread = 1, kOpenMPTeam = 2 };
 TeammateMode set_teammate_mode(TeammateMode mode);  // returns the previous mode

@@ -121,6 +121,49 @@ struct DirectionLoop {
   }
 };
 
+// The forward steps of one direction at register batch, one at a time, in any order the caller
+// keeps (visited_step's): W_hh as stored for the batch-1 dot form, else its transposed, padded copy
+// for the row-blocked kernel, made once. Only reads itself, so that two threads may run steps of
+// two sequences with one (stacked_forward_cpu.cpp).
+template <typename T>
+struct RegisterSteps {
+  explicit RegisterSteps(const DirectionLoop<T>& p)
+      : k(p.kernels),
+        act(p.act),
+        hidden(p.hidden()),
+        w(p.w_hh.contiguous()),
+        dot(dot_form(p.layout, hidden)),
+        wt(dot ? std::vector<T>()
+               : padded_matrix(w.template data_ptr<T>(), hidden, hidden, k.width,
+                               /*transpose=*/true)),
+        wt_stride(padded(hidden, k.width)) {}
+
+  // Step t: y_t = act(y_t + h_{t-1} @ W_hh^T) in y_cols' rows of step t, which hold the
+  // projection on entry; `state` (B, H) holds h_{t-1} on entry and h_t (for step t's rows) on exit.
+  // y_cols' first row is row `first_row` of the sequence (a block's rows in a buffer of their own).
+  void step(const SequenceLayout& L, int64_t t, const Columns<T>& y_cols, T* state,
+            int64_t first_row = 0) const {
+    const int64_t H = hidden;
+    T* y = y_cols.row(L.offset[t] - first_row);
+    if (dot)
+      dot_step(k, act, state, H, w.template data_ptr<T>(), H, y);
+    else
+      k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], state, H, H, wt.data(), wt_stride,
+                          H, y, y_cols.ld);
+    for (int64_t r = 0; r < L.rows[t]; ++r)
+      std::memcpy(state + r * H, y + r * y_cols.ld, H * sizeof(T));
+  }
+
+ private:
+  const Kernels<T>& k;
+  const Activation act;
+  const int64_t hidden;
+  const at::Tensor w;  // (H, H) contiguous
+  const bool dot;      // batch 1: no transposed copy
+  const std::vector<T> wt;
+  const int64_t wt_stride;
+};
+
 // Forward recurrence. `out` (N, D*H) holds the input projection (with both biases) on entry and h_t
 // on exit; `state` (B, H, contiguous) holds h0 on entry and h_n on exit (a finished sequence keeps
 // its last state, which is nn.RNN's h_n for packed input). before_step(t) runs before step t reads
@@ -135,23 +178,11 @@ void forward_direction(
   const Columns<T> y_cols = p.template columns<T>(out);
   T* S = state.data_ptr<T>();
   if (use_register_kernel(L)) {
-    const at::Tensor w = p.w_hh.contiguous();
-    const bool dot = dot_form(L, H);  // batch 1: no transposed copy
-    const std::vector<T> wt =
-        dot ? std::vector<T>()
-            : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true);
-    const int64_t wt_stride = padded(H, k.width);
+    const RegisterSteps<T> steps(p);
     for (int64_t i = 0; i < L.steps; ++i) {
       const int64_t t = visited_step(L.steps, p.reverse, i, /*backward=*/false);
       before_step(t);
-      T* y = y_cols.row(L.offset[t]);
-      if (dot)
-        dot_step(k, p.act, S, H, w.template data_ptr<T>(), H, y);
-      else
-        k.rows_times_matrix(Epilogue::kAddActivate, p.act, L.rows[t], S, H, H, wt.data(), wt_stride,
-                            H, y, y_cols.ld);
-      for (int64_t r = 0; r < L.rows[t]; ++r)
-        std::memcpy(S + r * H, y + r * y_cols.ld, H * sizeof(T));
+      steps.step(L, t, y_cols, S);
     }
     return;
   }

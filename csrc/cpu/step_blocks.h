@@ -79,10 +79,15 @@ class SharedBlocks {
 
   // Caller: whether block j's result is in the helper's slot (true), or block j is now the
   // caller's to compute (false). Never waits.
-  bool take(int64_t j) {
+  // `started`, when given, tells whether the helper had started a block taken over (and may still
+  // be writing its copy).
+  bool take(int64_t j, bool* started = nullptr) {
     int s = state_[j].load(std::memory_order_acquire);
     while (s != kDone)
-      if (state_[j].compare_exchange_weak(s, kTaken, std::memory_order_acq_rel)) return false;
+      if (state_[j].compare_exchange_weak(s, kTaken, std::memory_order_acq_rel)) {
+        if (started) *started = s == kClaimed;
+        return false;
+      }
     return true;
   }
 
@@ -113,26 +118,28 @@ class SharedBlocks {
   // take its share of a core busy with other programs from the caller, which on such a machine
   // shares two cores with it and them (PERFORMANCE.md, "Outside load").
   int64_t claim() {
-    int64_t spins = 0;
-    for (int64_t j = next_; j < count_;) {
-      const int seen = progress_.load(std::memory_order_acquire);
-      if (closed_.load(std::memory_order_acquire)) return -1;
-      if (j >= ready_.load(std::memory_order_acquire) ||
-          j >= consumed_.load(std::memory_order_acquire) + slots_) {
-        if (++spins < kSpinsBeforeSleep || on_a_team)
-          spin_pause(spins);
-        else
-          progress_.wait(seen, std::memory_order_acquire);  // until progressed() changes it
-        continue;
-      }
+    for (int64_t j = next_; j < count_; ++j) {  // past the blocks taken by the caller
+      if (!wait_until_ready(j)) return -1;
       int s = kFree;
       if (state_[j].compare_exchange_strong(s, kClaimed, std::memory_order_acq_rel)) {
         next_ = j + 1;
         return j;
       }
-      ++j;  // taken by the caller
     }
     return -1;
+  }
+
+  // Helper: as claim(), for a chain of blocks each of which starts from the one before (a
+  // recurrence): the next block in order, or -1 once the caller has taken one over (the helper,
+  // without that block's result, cannot go on) or the call is over.
+  int64_t claim_in_order() {
+    const int64_t j = next_;
+    if (j >= count_ || !wait_until_ready(j)) return -1;
+    int s = kFree;
+    next_ = count_;  // unless the claim below succeeds: nothing after a block taken over
+    if (!state_[j].compare_exchange_strong(s, kClaimed, std::memory_order_acq_rel)) return -1;
+    next_ = j + 1;
+    return j;
   }
 
   // The two-ended form, for work whose blocks are all ready at once, each with a slot of its own
@@ -154,13 +161,30 @@ class SharedBlocks {
     return j;
   }
 
-  // Helper: block j's result is in its slot (unless the caller took the block over meanwhile).
-  void finish(int64_t j) {
+  // Helper: block j's result is in its slot (true), unless the caller took the block over
+  // meanwhile (false).
+  bool finish(int64_t j) {
     int s = kClaimed;
-    state_[j].compare_exchange_strong(s, kDone, std::memory_order_acq_rel);
+    return state_[j].compare_exchange_strong(s, kDone, std::memory_order_acq_rel);
   }
 
  private:
+  // Helper: waits until block j's inputs are ready and its slot free (true), or the call is over
+  // (false).
+  bool wait_until_ready(int64_t j) {
+    for (int64_t spins = 0;;) {
+      const int seen = progress_.load(std::memory_order_acquire);
+      if (closed_.load(std::memory_order_acquire)) return false;
+      if (j < ready_.load(std::memory_order_acquire) &&
+          j < consumed_.load(std::memory_order_acquire) + slots_)
+        return true;
+      if (++spins < kSpinsBeforeSleep || on_a_team)
+        spin_pause(spins);
+      else
+        progress_.wait(seen, std::memory_order_acquire);  // until progressed() changes it
+    }
+  }
+
   // Tells a sleeping helper that ready_, consumed_ or closed_ changed (no system call when no
   // thread sleeps on it).
   void progressed() {

@@ -1,0 +1,252 @@
+// Two stacked layers' forward at once on two cores, as a wavefront: the caller runs the lower layer
+// block by block (its projection, then its recurrence), and the helper thread runs the upper layer
+// one block behind it (the projection of each block of the lower layer's output as soon as it is
+// written, then that block's recurrence).
+//
+// Why: at small batch a layer's recurrence is a chain of mat-vecs that keeps one core busy, and a
+// one-layer call can give the second core only the projection, a fifth to a third of the work
+// (PERFORMANCE.md, version 28). Two layers one after the other so cost two recurrences; as a
+// wavefront, the two recurrences run at the same time, each beside its own projection.
+//
+// The caller never waits for a helper that is not running (step_blocks.h): the helper computes
+// the upper layer into buffers of its own, with the state after each block, and when the lower
+// layer is done the caller copies the upper blocks the helper finished, waits for the one it is
+// computing only while it is running and for at most one block's time, and computes the rest
+// itself from the last state. Every block is computed by the same code on the same rows on either
+// thread, exactly as the layer operator's pipeline computes it (the same projection blocks, the
+// same steps): the output is the same bits as two layer calls, on one thread or two.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/record_function.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "../layer/kernel_dtypes.h"
+#include "../layer/layer_driver.h"
+#include "elman_cpu.h"
+#include "helper_thread.h"
+#include "openmp_teammate.h"
+#include "row_projection.h"
+#include "shared_steps.h"
+#include "step_blocks.h"
+
+namespace rnnkern::cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The rows of block j: steps [j S, (j + 1) S).
+std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t S, int64_t j) {
+  return L.rows_of_steps(j * S, std::min(L.steps, (j + 1) * S));
+}
+
+// The upper layer as the helper computes it, shared with the helper's task (which may outlive the
+// call): its own copies of what it reads (the upper call's projection operands, whose input is a
+// view of the lower layer's output; W_hh), a handle to the output it writes its blocks into, and
+// the state after each block.
+//
+// The helper writes the call's output directly: a copy through buffers of its own cost the caller
+// as much as a third of the lower layer's time (on this VM a block's rows written by one core
+// come to the other at a few GB/s). That is safe because the caller returns that output only when
+// every block was either finished by the helper or never started by it; if it takes over a block
+// the helper has started (which may still write its rows), it returns a fresh output instead
+// (forward_pair).
+template <typename T>
+struct UpperLayer {
+  UpperLayer(const ForwardCall& c)
+      : layout(c.shape.layout),
+        steps_per_block(cpu::steps_per_block(c.shape)),
+        hidden(c.shape.hidden),
+        projection(c),
+        steps(DirectionLoop<T>{kernels<T>(), layout, /*reverse=*/false, activation(c.relu),
+                               weight_hh(c.weights, c.shape, 0).alias(), 0, StepSplit::kWhole}),
+        blocks(block_count(layout.steps, steps_per_block),
+               block_count(layout.steps, steps_per_block)),
+        out(c.out),
+        states(at::empty({blocks.count(), layout.batch * hidden}, c.out.options())),
+        h0(c.h0.select(0, 0).clone()) {}
+
+  // Helper: the upper layer's blocks in order, each once the lower layer's block is written, into
+  // `out`, with the state after each, until the caller takes one over.
+  void help() {
+    clock.publish();
+    at::Tensor state = h0.clone();
+    T* S = state.data_ptr<T>();
+    for (int64_t j = blocks.claim_in_order(); j >= 0; j = blocks.claim_in_order()) {
+      compute(j, out, S);
+      std::memcpy(state_after(j), S, layout.batch * hidden * sizeof(T));
+      if (!blocks.finish(j)) return;  // taken over: the caller goes on from there
+    }
+  }
+
+  // Block j into `dest` (N, H), from `state` (the state after block j - 1), on either thread.
+  void compute(int64_t j, const at::Tensor& dest, T* state) const {
+    const auto [first, rows] = block_rows(layout, steps_per_block, j);
+    const Columns<T> y{dest.data_ptr<T>(), hidden};
+    projection.into(first, rows, y.row(first));
+    const int64_t end = std::min(layout.steps, (j + 1) * steps_per_block);
+    for (int64_t t = j * steps_per_block; t < end; ++t) steps.step(layout, t, y, state);
+  }
+
+  // The state after block j, once the helper has finished it.
+  T* state_after(int64_t j) const { return states.data_ptr<T>() + j * states.size(1); }
+
+  const SequenceLayout layout;
+  const int64_t steps_per_block, hidden;
+  const RowProjection<T> projection;
+  const RegisterSteps<T> steps;
+  SharedBlocks blocks;      // a slot per block: the helper never waits for the caller to read one
+  const at::Tensor out;     // (N, H): the call's output, which the helper writes into
+  const at::Tensor states;  // (blocks, B x H)
+  const at::Tensor h0;      // (B, H)
+  HelperClock clock;
+};
+
+// Caller: waits while the helper computes block j and is running (its CPU time advances by at least
+// half the time that passes, checked every 20 us), for at most `limit`: a preempted helper (a busy
+// machine) is given up on within one check.
+template <typename T>
+void wait_while_running(const UpperLayer<T>& upper, int64_t j, Clock::duration limit) {
+  constexpr auto kRunningCheck = std::chrono::microseconds(20);
+  const auto start = Clock::now();
+  auto since = start;
+  const int64_t clock = upper.clock.id();
+  int64_t cpu_since = thread_cpu_ns(clock);
+  for (int64_t spins = 1; upper.blocks.in_progress(j); ++spins) {
+    cpu_pause();
+    if (spins % 64 != 0) continue;
+    const auto now = Clock::now();
+    if (now - start > limit) return;
+    if (cpu_since < 0 || now - since < kRunningCheck) continue;
+    const int64_t cpu = thread_cpu_ns(clock);
+    const int64_t passed =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
+    if (cpu - cpu_since < passed / 2) return;  // not running: preempted
+    since = now;
+    cpu_since = cpu;
+  }
+}
+
+// An output of out's shape holding its first `rows` rows (the blocks the helper finished).
+at::Tensor fresh_output(const at::Tensor& out, int64_t rows) {
+  at::Tensor fresh = at::empty_like(out);
+  fresh.narrow(0, 0, rows).copy_(out.narrow(0, 0, rows));
+  return fresh;
+}
+
+template <typename T>
+void forward_pair(ForwardCall& lower, ForwardCall& upper_call) {
+  const SequenceLayout& L = lower.shape.layout;
+  const int64_t S = steps_per_block(lower.shape);
+  const RowProjection<T> lower_projection(lower);
+  const RegisterSteps<T> lower_steps(direction_loop<T>(
+      lower.shape, 0, lower.relu, weight_hh(lower.weights, lower.shape, 0), StepSplit::kWhole));
+  auto upper = std::make_shared<UpperLayer<T>>(upper_call);
+  beside_helper(
+      [upper] { upper->help(); },
+      [&](bool) {
+        const CloseOnExit close(upper->blocks);
+        const int64_t count = upper->blocks.count();
+
+        // The lower layer, block by block, each handed on to the upper layer once written.
+        const Columns<T> lower_y{lower.out.data_ptr<T>(), lower.shape.hidden};
+        T* lower_state = lower.h_n.data_ptr<T>();
+        const auto start = Clock::now();
+        for (int64_t j = 0; j < count; ++j) {
+          const auto [first, rows] = block_rows(L, S, j);
+          lower_projection.into(first, rows, lower_y.row(first));
+          for (int64_t t = j * S; t < std::min(L.steps, (j + 1) * S); ++t)
+            lower_steps.step(L, t, lower_y, lower_state);
+          upper->blocks.ready(j + 1);
+        }
+        // A running helper is waited for up to two of the caller's blocks: it started its block
+        // before the caller could, so it finishes first unless it runs at less than half the pace.
+        const auto wait_limit = 2 * (Clock::now() - start) / count;
+
+        // The upper layer: the helper's blocks, then the caller's from the last state on.
+        T* upper_state = upper_call.h_n.data_ptr<T>();  // h0 on entry
+        int64_t j = 0;
+        for (; j < count; ++j) {
+          wait_while_running(*upper, j, wait_limit);
+          bool started = false;
+          if (!upper->blocks.take(j, &started)) {
+            // The helper may still be writing block j's rows: the rest goes to a fresh output.
+            if (started)
+              upper_call.out = fresh_output(upper_call.out, L.rows_of_steps(0, j * S).second);
+            break;
+          }
+        }
+        if (j > 0)
+          std::memcpy(upper_state, upper->state_after(j - 1), L.batch * upper->hidden * sizeof(T));
+        upper_blocks_by_caller.fetch_add(count - j, std::memory_order_relaxed);
+        for (; j < count; ++j) upper->compute(j, upper_call.out, upper_state);
+      });
+}
+
+// A dense one-direction layer of these sizes, as the layer operator would see it.
+LayerShape dense_shape(int64_t steps, int64_t batch, int64_t input_size, int64_t hidden) {
+  LayerShape s;
+  s.hidden = hidden;
+  s.input_size = input_size;
+  s.layout = dense_layout(steps, batch);
+  return s;
+}
+
+}  // namespace
+
+// The largest hidden size at which stacked layers at a batch above 1 run as a wavefront. Beyond it
+// a block's projection costs nearly as much as its recurrence (the register kernel runs a step
+// of a larger batch near GEMM speed), and a wavefront, each thread a whole layer, lost to one layer
+// at a time with the projection on the second core: 0.83x-0.95x at batch 2 to 8, hidden 256 and
+// 512; 1.1x-1.2x up to 128. At batch 1 the recurrence is a chain of mat-vecs, several times its
+// projection at any hidden size. Measured: PERFORMANCE.md, version 28.
+constexpr int64_t kMaxWavefrontHidden = 128;
+
+bool runs_as_wavefront(const LayerShape& s) {
+  return s.directions == 1 && pipelined(s) && !short_on_cell_kernel(s) && !shares_steps(s) &&
+         (s.layout.batch == 1 || s.hidden <= kMaxWavefrontHidden);
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(
+    const at::Tensor& input, const at::Tensor& hx_lower, at::TensorList weights_lower,
+    const at::Tensor& hx_upper, at::TensorList weights_upper, bool relu) {
+  // Sizes read before the layer driver checks them: anything unexpected declines, and the layer
+  // operator called per layer says what is wrong.
+  if (!stacked_pairs_enabled.load(std::memory_order_relaxed) || input.dim() != 3 ||
+      weights_lower.size() < 2 || weights_upper.size() < 2 || weights_lower[1].dim() != 2 ||
+      weights_upper[1].dim() != 2)
+    return std::nullopt;
+  const int64_t steps = input.size(0), batch = input.size(1);
+  const int64_t lower_hidden = weights_lower[1].size(0), upper_hidden = weights_upper[1].size(0);
+  if (!runs_as_wavefront(dense_shape(steps, batch, input.size(2), lower_hidden)) ||
+      !runs_as_wavefront(dense_shape(steps, batch, lower_hidden, upper_hidden)))
+    return std::nullopt;
+
+  // On the helper thread (not torch's OpenMP worker: openmp_teammate.h) the upper layer's blocks
+  // ran 1.3x-1.5x slower than the caller's, and the pair gained nothing over one layer at a time.
+  if (!helper_part_on_a_team()) return std::nullopt;
+
+  RECORD_FUNCTION("rnnkern::elman_layer_pair", std::vector<c10::IValue>());
+  pair_calls.fetch_add(1, std::memory_order_relaxed);
+  const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
+  const char* op = "rnnkern::elman_layer";
+  at::Tensor output, h_n_upper;
+  auto lower_result = run_forward(
+      op, c10::DeviceType::CPU, input, hx_lower, weights_lower, std::nullopt, relu,
+      [&](ForwardCall& lower) {
+        const at::Tensor upper_input = lower.out.view({steps, batch, lower_hidden});
+        std::tie(output, h_n_upper) = run_forward(
+            op, c10::DeviceType::CPU, upper_input, hx_upper, weights_upper, std::nullopt, relu,
+            [&](ForwardCall& upper) {
+              RNNKERN_DISPATCH_CPU_DTYPES(input.scalar_type(), "elman_layer_pair_cpu",
+                                          [&] { forward_pair<scalar_t>(lower, upper); });
+            });
+      });
+  return std::make_tuple(output, std::get<1>(lower_result), h_n_upper);
+}
+
+}  // namespace rnnkern::cpu
