@@ -148,18 +148,27 @@ PYBIND11_MODULE(_C, module) {
       "How many steps' helper parts of a shared recurrence callers took back in this process.");
   module.def(
       "set_stacked_pairs",
-      [](bool enabled) { return rnnkern::cpu::stacked_pairs_enabled.exchange(enabled); },
+      [](bool enabled, bool never_wait) {
+        auto& pairs = rnnkern::cpu::stacked_pairs;
+        pairs.never_wait.store(never_wait);
+        return pairs.enabled.exchange(enabled);
+      },
+      py::arg("enabled"), py::arg("never_wait") = false,
       "For the tests and the benchmarks: whether a module call on the CPU may run two stacked "
-      "layers at once as a wavefront on two cores (else one layer operator call per layer); "
-      "returns the previous setting.");
+      "layers at once as a wavefront on two cores (else one layer operator call per layer), and "
+      "whether its caller then takes over the upper layer's first block the helper has not "
+      "finished without waiting for it (to test the take-over); returns the previous `enabled`.");
   module.def(
       "stacked_pair_counts",
       [] {
-        return std::make_pair(rnnkern::cpu::pair_calls.load(),
-                              rnnkern::cpu::upper_blocks_by_caller.load());
+        const auto& pairs = rnnkern::cpu::stacked_pairs;
+        return std::make_tuple(pairs.calls.load(), pairs.blocks_by_caller.load(),
+                               pairs.outputs_replaced.load());
       },
-      "(calls, blocks): how many pairs of stacked layers ran as a wavefront in this process, and "
-      "how many of their upper layers' blocks the caller computed rather than the helper.");
+      "(calls, blocks, replaced): how many pairs of stacked layers ran as a wavefront in this "
+      "process, how many of their upper layers' blocks the caller computed rather than the "
+      "helper, and how many calls took over a block the helper had started (returning a fresh "
+      "output).");
   module.def("helper_float_control", &rnnkern::cpu::helper_float_control,
              "The floating-point control (x86 MXCSR) the helper thread ran its latest task under.");
   module.def(

@@ -56,16 +56,20 @@ bool runs_as_wavefront(const LayerShape& s);
 // nullopt, having done nothing, where either layer would not run as a wavefront
 // (runs_as_wavefront) or the sizes are not those of two such layers. The arguments are checked as
 // elman_layer's are.
-//
-// For the tests and the benchmarks: stacked_pairs_enabled (true unless set otherwise) lets the
-// module's direct call use it; pair_calls counts the calls that ran, and upper_blocks_by_caller
-// the upper layer's blocks their callers computed (the helper's were not done in time).
-inline std::atomic<bool> stacked_pairs_enabled{true};
-inline std::atomic<int64_t> pair_calls{0};
-inline std::atomic<int64_t> upper_blocks_by_caller{0};
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(
     const at::Tensor& input, const at::Tensor& hx_lower, at::TensorList weights_lower,
     const at::Tensor& hx_upper, at::TensorList weights_upper, bool relu);
+
+// For the tests and the benchmarks (rnnkern._C.set_stacked_pairs, stacked_pair_counts).
+struct StackedPairs {
+  std::atomic<bool> enabled{true};     // the module's direct call may use elman_layer_pair_cpu
+  std::atomic<bool> never_wait{false};  // the caller takes over the upper layer's first block the
+                                        // helper has not finished, without waiting for it
+  std::atomic<int64_t> calls{0};             // pairs run
+  std::atomic<int64_t> blocks_by_caller{0};  // upper blocks the caller computed
+  std::atomic<int64_t> outputs_replaced{0};  // calls that took over a block the helper had started
+};
+inline StackedPairs stacked_pairs;
 
 inline Activation activation(bool relu) { return relu ? Activation::kRelu : Activation::kTanh; }
 

@@ -171,18 +171,21 @@ void forward_pair(ForwardCall& lower, ForwardCall& upper_call) {
         T* upper_state = upper_call.h_n.data_ptr<T>();  // h0 on entry
         int64_t j = 0;
         for (; j < count; ++j) {
-          wait_while_running(*upper, j, wait_limit);
+          if (!stacked_pairs.never_wait.load(std::memory_order_relaxed))
+        wait_while_running(*upper, j, wait_limit);
           bool started = false;
           if (!upper->blocks.take(j, &started)) {
             // The helper may still be writing block j's rows: the rest goes to a fresh output.
-            if (started)
+            if (started) {
               upper_call.out = fresh_output(upper_call.out, L.rows_of_steps(0, j * S).second);
+              stacked_pairs.outputs_replaced.fetch_add(1, std::memory_order_relaxed);
+            }
             break;
           }
         }
         if (j > 0)
           std::memcpy(upper_state, upper->state_after(j - 1), L.batch * upper->hidden * sizeof(T));
-        upper_blocks_by_caller.fetch_add(count - j, std::memory_order_relaxed);
+        stacked_pairs.blocks_by_caller.fetch_add(count - j, std::memory_order_relaxed);
         for (; j < count; ++j) upper->compute(j, upper_call.out, upper_state);
       });
 }
@@ -216,7 +219,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_c
     const at::Tensor& hx_upper, at::TensorList weights_upper, bool relu) {
   // Sizes read before the layer driver checks them: anything unexpected declines, and the layer
   // operator called per layer says what is wrong.
-  if (!stacked_pairs_enabled.load(std::memory_order_relaxed) || input.dim() != 3 ||
+  if (!stacked_pairs.enabled.load(std::memory_order_relaxed) || input.dim() != 3 ||
       weights_lower.size() < 2 || weights_upper.size() < 2 || weights_lower[1].dim() != 2 ||
       weights_upper[1].dim() != 2)
     return std::nullopt;
@@ -231,7 +234,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_c
   if (!helper_part_on_a_team()) return std::nullopt;
 
   RECORD_FUNCTION("rnnkern::elman_layer_pair", std::vector<c10::IValue>());
-  pair_calls.fetch_add(1, std::memory_order_relaxed);
+  stacked_pairs.calls.fetch_add(1, std::memory_order_relaxed);
   const SingleThreaded single_threaded;  // the blocks this thread computes: as the helper does
   const char* op = "rnnkern::elman_layer";
   at::Tensor output, h_n_upper;
