@@ -3,7 +3,7 @@ at a time (csrc/cpu/stacked_forward_cpu.cpp), in one process:
 
     python -m benchmarks.stacked_pairs --shapes 1,64,512,2 16,64,256,2 --rounds 5
 
-A shape is batch,hidden,steps,layers (input size = hidden), timed as inference (no_grad) on two
+A shape is batch,hidden,steps,layers[,input size] (input size = hidden unless given), timed as inference (no_grad) on two
 threads, in the two orders of benchmarks.second_thread: "after nn.RNN" (each call right after an
 nn.RNN call with the same weights, as the benchmark runner times it) and "back to back". The two
 ways alternate round by round (rnnkern._C.set_stacked_pairs), so that the machine's drift falls on
@@ -21,19 +21,20 @@ WAYS = ("one at a time", "pairs")
 ORDERS = ("after nn.RNN", "back to back")
 
 
-def time_shape(shape: tuple[int, int, int, int], rounds: int, calls: int, stat=statistics.median):
+def time_shape(shape: tuple[int, ...], rounds: int, calls: int, stat=statistics.median):
     """{(way, order): µs per step (stat of the calls)}, and {("nn.RNN", order): ...}, for one
     shape."""
     import torch
 
     import rnnkern
 
-    batch, hidden, steps, layers = shape
+    batch, hidden, steps, layers, *rest = shape
+    input_size = rest[0] if rest else hidden
     torch.manual_seed(0)
-    theirs = torch.nn.RNN(hidden, hidden, num_layers=layers)
-    ours = rnnkern.RNN(hidden, hidden, num_layers=layers)
+    theirs = torch.nn.RNN(input_size, hidden, num_layers=layers)
+    ours = rnnkern.RNN(input_size, hidden, num_layers=layers)
     ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(steps, batch, hidden)
+    x = torch.randn(steps, batch, input_size)
     times = {(way, order): [] for way in (*WAYS, "nn.RNN") for order in ORDERS}
     with torch.no_grad():
         for _ in range(rounds):

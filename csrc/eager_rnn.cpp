@@ -6,9 +6,11 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
+#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
@@ -83,19 +85,29 @@ std::tuple<Tensor, Tensor> one_step(const Tensor& step, const Tensor& h,
   return {layer_input, at::stack(finals)};
 }
 
+// Whether a tensor dispatches as a plain CPU tensor does: its dispatch keys are those of one made
+// outside inference mode, or fewer. Not a Python subclass (the Python key), a lazily negated or
+// conjugated view, or a zero tensor, which the dispatcher hands to their own handlers first.
+bool plain_tensor(const Tensor& t) {
+  static const c10::DispatchKeySet plain = [] {
+    const c10::InferenceMode not_in_inference_mode(false);
+    return at::empty({0}).key_set();
+  }();
+  return plain.has_all(t.key_set());
+}
+
 // Whether stacked layers may run two at a time as a wavefront on two cores
-// (cpu::elman_layer_pair_cpu), which the dispatcher never sees: one direction, no autograd graph
-// wanted, no dropout between layers, and no Python dispatch mode (a mode sees every operator the
-// Python path calls: the layer operator per layer).
+// (cpu::elman_layer_pair_cpu), which reads the tensors' data without the dispatcher: one
+// direction, no autograd graph wanted, no dropout between layers, no Python dispatch mode (a mode
+// sees every operator the Python path calls: the layer operator per layer), plain tensors only.
 bool pairs_allowed(const Tensor& x, const Tensor& h, const std::vector<Tensor>& weights,
                    const StackConfig& c) {
   if (c.bidirectional || c.num_layers < 2 || (c.dropout > 0 && c.training) ||
       c10::impl::TorchDispatchModeTLS::stack_len() > 0)
     return false;
-  if (!at::GradMode::is_enabled()) return true;
-  if (x.requires_grad() || h.requires_grad()) return false;
-  return std::none_of(weights.begin(), weights.end(),
-                      [](const Tensor& w) { return w.requires_grad(); });
+  const bool grad = at::GradMode::is_enabled();
+  auto suits = [grad](const Tensor& t) { return plain_tensor(t) && !(grad && t.requires_grad()); };
+  return suits(x) && suits(h) && std::all_of(weights.begin(), weights.end(), suits);
 }
 
 // elman_rnn: one layer operator call per layer, on sequence-first x (L, N, H_in), or two layers at

@@ -54,18 +54,20 @@ bool runs_as_wavefront(const LayerShape& s);
 // input (T, B, I) dense, each layer's hx (1, B, H) and weights as elman_layer's. Returns the upper
 // layer's output and both layers' h_n, the same bits as elman_layer_cpu on each layer in turn; or
 // nullopt, having done nothing, where either layer would not run as a wavefront
-// (runs_as_wavefront) or the sizes are not those of two such layers. The arguments are checked as
-// elman_layer's are.
+// (runs_as_wavefront), the sizes are not those of two such layers, the second thread would not be
+// torch's OpenMP worker as a team of two (helper_part_on_a_team), or stacked_pairs is not
+// enabled. The arguments are checked as elman_layer's are. The caller makes sure no autograd
+// graph is wanted and the tensors dispatch as plain CPU tensors: this reads their data directly.
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(
     const at::Tensor& input, const at::Tensor& hx_lower, at::TensorList weights_lower,
     const at::Tensor& hx_upper, at::TensorList weights_upper, bool relu);
 
 // For the tests and the benchmarks (rnnkern._C.set_stacked_pairs, stacked_pair_counts).
 struct StackedPairs {
-  std::atomic<bool> enabled{true};     // the module's direct call may use elman_layer_pair_cpu
+  std::atomic<bool> enabled{true};      // the module's direct call may use elman_layer_pair_cpu
   std::atomic<bool> never_wait{false};  // the caller takes over the upper layer's first block the
                                         // helper has not finished, without waiting for it
-  std::atomic<int64_t> calls{0};             // pairs run
+  std::atomic<int64_t> calls{0};        // pairs run
   std::atomic<int64_t> blocks_by_caller{0};  // upper blocks the caller computed
   std::atomic<int64_t> outputs_replaced{0};  // calls that took over a block the helper had started
 };

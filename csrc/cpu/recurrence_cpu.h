@@ -140,11 +140,9 @@ struct RegisterSteps {
 
   // Step t: y_t = act(y_t + h_{t-1} @ W_hh^T) in y_cols' rows of step t, which hold the
   // projection on entry; `state` (B, H) holds h_{t-1} on entry and h_t (for step t's rows) on exit.
-  // y_cols' first row is row `first_row` of the sequence (a block's rows in a buffer of their own).
-  void step(const SequenceLayout& L, int64_t t, const Columns<T>& y_cols, T* state,
-            int64_t first_row = 0) const {
+  void step(const SequenceLayout& L, int64_t t, const Columns<T>& y_cols, T* state) const {
     const int64_t H = hidden;
-    T* y = y_cols.row(L.offset[t] - first_row);
+    T* y = y_cols.row(L.offset[t]);
     if (dot)
       dot_step(k, act, state, H, w.template data_ptr<T>(), H, y);
     else

@@ -8,20 +8,18 @@
 // (PERFORMANCE.md, version 28). Two layers one after the other so cost two recurrences; as a
 // wavefront, the two recurrences run at the same time, each beside its own projection.
 //
-// The caller never waits for a helper that is not running (step_blocks.h): the helper computes
-// the upper layer into buffers of its own, with the state after each block, and when the lower
-// layer is done the caller copies the upper blocks the helper finished, waits for the one it is
-// computing only while it is running and for at most one block's time, and computes the rest
-// itself from the last state. Every block is computed by the same code on the same rows on either
-// thread, exactly as the layer operator's pipeline computes it (the same projection blocks, the
-// same steps): the output is the same bits as two layer calls, on one thread or two.
+// The caller never waits for a helper that is not running (step_blocks.h). The helper writes the
+// upper layer's blocks into the call's output, with the state after each; once the lower layer is
+// done, the caller waits for the block the helper is computing only while the helper runs (and
+// for at most about two of the helper's blocks), and computes from the last state itself every
+// block the helper has not finished. Every block is computed by the same code on the same rows
+// on either thread, exactly as the layer operator's pipeline computes it (the same projection
+// blocks, the same steps): the output is the same bits as two layer calls, on one thread or two.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/record_function.h>
 
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <memory>
 
@@ -57,7 +55,7 @@ std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t S, int64
 // (forward_pair).
 template <typename T>
 struct UpperLayer {
-  UpperLayer(const ForwardCall& c)
+  explicit UpperLayer(const ForwardCall& c)
       : layout(c.shape.layout),
         steps_per_block(cpu::steps_per_block(c.shape)),
         hidden(c.shape.hidden),
@@ -114,14 +112,19 @@ void wait_while_running(const UpperLayer<T>& upper, int64_t j, Clock::duration l
   constexpr auto kRunningCheck = std::chrono::microseconds(20);
   const auto start = Clock::now();
   auto since = start;
-  const int64_t clock = upper.clock.id();
-  int64_t cpu_since = thread_cpu_ns(clock);
+  int64_t clock = -1, cpu_since = -1;
   for (int64_t spins = 1; upper.blocks.in_progress(j); ++spins) {
     cpu_pause();
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
     if (now - start > limit) return;
-    if (cpu_since < 0 || now - since < kRunningCheck) continue;
+    if (cpu_since < 0) {  // the helper publishes its clock before it claims a block
+      clock = upper.clock.id();
+      cpu_since = thread_cpu_ns(clock);
+      since = now;
+      continue;
+    }
+    if (now - since < kRunningCheck) continue;
     const int64_t cpu = thread_cpu_ns(clock);
     const int64_t passed =
         std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
@@ -163,16 +166,23 @@ void forward_pair(ForwardCall& lower, ForwardCall& upper_call) {
             lower_steps.step(L, t, lower_y, lower_state);
           upper->blocks.ready(j + 1);
         }
-        // A running helper is waited for up to two of the caller's blocks: it started its block
-        // before the caller could, so it finishes first unless it runs at less than half the pace.
-        const auto wait_limit = 2 * (Clock::now() - start) / count;
+        // A running helper is waited for up to two of its blocks, at the caller's pace: it started
+        // its block before the caller could, so it finishes first unless it runs at less than
+        // half that pace. An upper block costs the lower one's time in the ratio of their
+        // multiply-adds a row (a first layer of few inputs is the cheaper; at input 1, hidden 64,
+        // a limit of two lower blocks took over a block the helper had started in 37% of calls).
+        const double upper_per_lower =
+            static_cast<double>(upper->hidden * (upper_call.shape.input_size + upper->hidden)) /
+            static_cast<double>(lower.shape.hidden * (lower.shape.input_size + lower.shape.hidden));
+        const auto wait_limit = std::chrono::duration_cast<Clock::duration>(
+            2 * upper_per_lower * (Clock::now() - start) / count);
 
         // The upper layer: the helper's blocks, then the caller's from the last state on.
         T* upper_state = upper_call.h_n.data_ptr<T>();  // h0 on entry
         int64_t j = 0;
         for (; j < count; ++j) {
           if (!stacked_pairs.never_wait.load(std::memory_order_relaxed))
-        wait_while_running(*upper, j, wait_limit);
+            wait_while_running(*upper, j, wait_limit);
           bool started = false;
           if (!upper->blocks.take(j, &started)) {
             // The helper may still be writing block j's rows: the rest goes to a fresh output.

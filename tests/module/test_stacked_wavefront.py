@@ -175,6 +175,26 @@ class OperatorNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class Seen(torch.Tensor):
+    """A tensor subclass that sees the operators called on it (the Python dispatch key) but not
+    their Python calls (no __torch_function__): a call on it reaches rnnkern's C++."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+    names: list[str] = []
+
+    @staticmethod
+    def __new__(cls, t):
+        return torch.Tensor._make_subclass(cls, t)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if str(func).startswith("rnnkern."):
+            cls.names.append(str(func))
+        python_key = torch._C.DispatchKeySet(torch._C.DispatchKey.Python)
+        with torch._C._ExcludeDispatchKeyGuard(python_key):
+            return func(*args, **(kwargs or {}))
+
+
 def declines(case: str):
     """(module, x, how to call it) for each case where the pairs must not run."""
     _, ours, x, hx, _ = make_case("batch 1, hidden 64, 2 layers")
@@ -195,6 +215,10 @@ def declines(case: str):
         x, hx = torch.randn(160, 4, 7), torch.randn(2, 4, 256)
     if case == "16 steps":
         x = x[:16]
+    if case == "a subclass with __torch_dispatch__":
+        x = Seen(x)
+    if case == "a lazily negated input":  # its data holds -x: the dispatcher negates it first
+        x = torch._neg_view(-x)
     return ours, x, lambda: infer(ours, x, hx)
 
 
@@ -205,6 +229,8 @@ DECLINES = [
     "bidirectional",
     "batch 4, hidden 256",
     "16 steps",
+    "a subclass with __torch_dispatch__",
+    "a lazily negated input",
 ]
 
 
@@ -219,6 +245,29 @@ def test_pairs_run_only_where_they_should(case: str) -> None:
     with pairs(False):
         torch.manual_seed(0)
         assert torch.equal(call()[0], output)
+
+
+def test_a_subclass_sees_the_operators_of_one_layer_at_a_time() -> None:
+    ours, x, call = declines("a subclass with __torch_dispatch__")
+    seen = {}
+    for enabled in (False, True):
+        Seen.names = []
+        with pairs(enabled):
+            call()
+        seen[enabled] = Seen.names
+    assert seen[True] == seen[False] == ["rnnkern.elman_layer.default"]  # the first layer's input
+
+
+def test_inference_mode_tensors_run_in_pairs() -> None:
+    theirs, ours, x, hx, dtype = make_case("batch 1, hidden 64, 2 layers")
+    with pairs(False):
+        expected = infer(ours, x, hx)
+    with pairs(True), torch.inference_mode():
+        x, hx = x.clone(), hx.clone()  # inference tensors: fewer dispatch keys
+        before = pair_calls()
+        actual = ours(x, hx)
+        assert pair_calls() - before == 1
+    assert_bitwise(actual, expected, "inference mode")
 
 
 def test_a_dispatch_mode_sees_the_layer_operator_per_layer() -> None:
