@@ -73,11 +73,14 @@ def main() -> None:
 
     import torch
 
+    import rnnkern
+
     torch.set_num_threads(2)
     stat = "fastest" if args.fastest else "median"
     print(f"µs/step ({stat}), inference, 2 threads; pairs' speed-up over one at a time, nn.RNN")
     for text in args.shapes:
         shape = tuple(int(v) for v in text.split(","))
+        counts = rnnkern._C.stacked_pair_counts()
         medians = time_shape(
             shape, args.rounds, args.calls, min if args.fastest else statistics.median
         )
@@ -89,6 +92,11 @@ def main() -> None:
                 nn_rnn = medians["nn.RNN", order]
                 line += f"  | nn.RNN {nn_rnn:8.3f}: {nn_rnn / one:5.2f}x -> {nn_rnn / pairs:5.2f}x"
             print(line, flush=True)
+        calls, blocks, replaced = (b - a for a, b in zip(counts, rnnkern._C.stacked_pair_counts()))
+        print(
+            f"{'':>14} pairs run {calls}, upper blocks by the caller {blocks}, taken over after "
+            f"the helper started {replaced}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
     std::array<bool, 4> output_mask);
 
 // Whether a layer of this shape runs as one half of a wavefront of two stacked layers
-// (elman_layer_pair_cpu): one direction, pipelined (a register batch and enough steps), and none
-// of the paths that replace the pipeline (the cell kernel for a few rows, the shared steps at
-// large hidden).
+// (elman_layer_pair_cpu): one direction, pipelined (a register batch and enough steps), none of
+// the paths that replace the pipeline (the cell kernel for a few rows, the shared steps at large
+// hidden), and at most 256 units a step (batch x hidden: stacked_forward_cpu.cpp).
 bool runs_as_wavefront(const LayerShape& s);
 
 // Two stacked one-direction layers' forward at once, the lower layer on the caller and the upper

@@ -211,17 +211,19 @@ LayerShape dense_shape(int64_t steps, int64_t batch, int64_t input_size, int64_t
 
 }  // namespace
 
-// The largest hidden size at which stacked layers at a batch above 1 run as a wavefront. Beyond it
-// a block's projection costs nearly as much as its recurrence (the register kernel runs a step
-// of a larger batch near GEMM speed), and a wavefront, each thread a whole layer, lost to one layer
-// at a time with the projection on the second core: 0.83x-0.95x at batch 2 to 8, hidden 256 and
-// 512; 1.1x-1.2x up to 128. At batch 1 the recurrence is a chain of mat-vecs, several times its
-// projection at any hidden size. Measured: PERFORMANCE.md, version 28.
-constexpr int64_t kMaxWavefrontHidden = 128;
+// The most units a step (batch x hidden) of stacked layers that run as a wavefront. A wavefront
+// gives each thread a whole layer, projection and recurrence, where one layer at a time gives the
+// second thread only the projection: it wins by as much as the recurrence costs more than its
+// projection, which it does by several times where a step is a mat-vec or nearly (small batch
+// x hidden), and less and less as the register kernel runs larger steps at GEMM speed. Measured
+// (PERFORMANCE.md, version 28; pairs against one layer at a time, the fastest calls of each):
+// 1.2x-1.36x at 1,64, 1,256 and 4,64 (a step of 64 to 256 units); 0.99x at 1,512; mixed,
+// 0.85x-1.12x, at 8,128, 16,64 and 32,64.
+constexpr int64_t kMaxWavefrontUnits = 256;
 
 bool runs_as_wavefront(const LayerShape& s) {
   return s.directions == 1 && pipelined(s) && !short_on_cell_kernel(s) && !shares_steps(s) &&
-         (s.layout.batch == 1 || s.hidden <= kMaxWavefrontHidden);
+         s.layout.batch * s.hidden <= kMaxWavefrontUnits;
 }
 
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(
