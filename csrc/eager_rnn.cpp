@@ -6,11 +6,9 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/dropout.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
-#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 
 #include <algorithm>
@@ -85,14 +83,16 @@ std::tuple<Tensor, Tensor> one_step(const Tensor& step, const Tensor& h,
   return {layer_input, at::stack(finals)};
 }
 
-// Whether a tensor dispatches as a plain CPU tensor does: its dispatch keys are those of one made
-// outside inference mode, or fewer. Not a Python subclass (the Python key), a lazily negated or
-// conjugated view, or a zero tensor, which the dispatcher hands to their own handlers first.
+// Whether a tensor dispatches as a plain CPU tensor does: its dispatch keys are those of a dense
+// CPU tensor, or fewer (an inference tensor has no autograd keys). Not a Python subclass (the
+// Python key), a functional or lazily negated or conjugated view, or a zero tensor, which the
+// dispatcher hands to their own handlers first. (The keys are spelled out rather than read off a
+// tensor made here: one made while a thread-local mode such as functionalization is on has that
+// mode's key too.)
 bool plain_tensor(const Tensor& t) {
-  static const c10::DispatchKeySet plain = [] {
-    const c10::InferenceMode not_in_inference_mode(false);
-    return at::empty({0}).key_set();
-  }();
+  static const c10::DispatchKeySet plain{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                         c10::DispatchKey::AutogradCPU,
+                                         c10::DispatchKey::AutocastCPU};
   return plain.has_all(t.key_set());
 }
 

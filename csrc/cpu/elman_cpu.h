@@ -50,10 +50,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> elman_cel
 bool runs_as_wavefront(const LayerShape& s);
 
 // Two stacked one-direction layers' forward at once, the lower layer on the caller and the upper
-// one block behind it on the helper thread (stacked_forward_cpu.cpp), for inference (no autograd):
-// input (T, B, I) dense, each layer's hx (1, B, H) and weights as elman_layer's. Returns the upper
-// layer's output and both layers' h_n, the same bits as elman_layer_cpu on each layer in turn; or
-// nullopt, having done nothing, where either layer would not run as a wavefront
+// one block behind it on torch's OpenMP worker (stacked_forward_cpu.cpp), for inference (no
+// autograd): input (T, B, I) dense, each layer's hx (1, B, H) and weights as elman_layer's. Returns
+// the upper layer's output and both layers' h_n, the same bits as elman_layer_cpu on each layer in
+// turn; or nullopt, having done nothing, where either layer would not run as a wavefront
 // (runs_as_wavefront), the sizes are not those of two such layers, the second thread would not be
 // torch's OpenMP worker as a team of two (helper_part_on_a_team), or stacked_pairs is not
 // enabled. The arguments are checked as elman_layer's are. The caller makes sure no autograd

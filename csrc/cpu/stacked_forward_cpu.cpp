@@ -1,19 +1,20 @@
 // Two stacked layers' forward at once on two cores, as a wavefront: the caller runs the lower layer
-// block by block (its projection, then its recurrence), and the helper thread runs the upper layer
-// one block behind it (the projection of each block of the lower layer's output as soon as it is
-// written, then that block's recurrence).
+// block by block (its projection, then its recurrence), and torch's OpenMP worker runs the upper
+// layer one block behind it (the projection of each block of the lower layer's output as soon as it
+// is written, then that block's recurrence).
 //
 // Why: at small batch a layer's recurrence is a chain of mat-vecs that keeps one core busy, and a
-// one-layer call can give the second core only the projection, a fifth to a third of the work
-// (PERFORMANCE.md, version 28). Two layers one after the other so cost two recurrences; as a
-// wavefront, the two recurrences run at the same time, each beside its own projection.
+// one-layer call can give the second core only the projection, from a sixth of the work (batch 1,
+// hidden 64) to nearly half (batch 16, hidden 256: PERFORMANCE.md, version 28). Two layers one
+// after the other so cost two recurrences; as a wavefront, the two recurrences run at the same
+// time, each beside its own projection.
 //
 // The caller never waits for a helper that is not running (step_blocks.h). The helper writes the
 // upper layer's blocks into the call's output, with the state after each; once the lower layer is
-// done, the caller waits for the block the helper is computing only while the helper runs (and
-// for at most about two of the helper's blocks), and computes from the last state itself every
-// block the helper has not finished. Every block is computed by the same code on the same rows
-// on either thread, exactly as the layer operator's pipeline computes it (the same projection
+// done, the caller waits for a block the helper is computing only while the helper runs (and, for
+// each such block, at most about two of the helper's blocks), and computes from the last state
+// every block the helper has not finished. Every block is computed by the same code on the same
+// rows on either thread, exactly as the layer operator's pipeline computes it (the same projection
 // blocks, the same steps): the output is the same bits as two layer calls, on one thread or two.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -169,8 +170,8 @@ void forward_pair(ForwardCall& lower, ForwardCall& upper_call) {
         // A running helper is waited for up to two of its blocks, at the caller's pace: it started
         // its block before the caller could, so it finishes first unless it runs at less than
         // half that pace. An upper block costs the lower one's time in the ratio of their
-        // multiply-adds a row (a first layer of few inputs is the cheaper; at input 1, hidden 64,
-        // a limit of two lower blocks took over a block the helper had started in 37% of calls).
+        // multiply-adds a row (a first layer of few inputs is the cheaper: with a limit of two
+        // lower blocks, a first layer of one input took over blocks the helper had started often).
         const double upper_per_lower =
             static_cast<double>(upper->hidden * (upper_call.shape.input_size + upper->hidden)) /
             static_cast<double>(lower.shape.hidden * (lower.shape.input_size + lower.shape.hidden));
@@ -216,9 +217,11 @@ LayerShape dense_shape(int64_t steps, int64_t batch, int64_t input_size, int64_t
 // second thread only the projection: it wins by as much as the recurrence costs more than its
 // projection, which it does by several times where a step is a mat-vec or nearly (small batch
 // x hidden), and less and less as the register kernel runs larger steps at GEMM speed. Measured
-// (PERFORMANCE.md, version 28; pairs against one layer at a time, the fastest calls of each):
-// 1.2x-1.36x at 1,64, 1,256 and 4,64 (a step of 64 to 256 units); 0.99x at 1,512; mixed,
-// 0.85x-1.12x, at 8,128, 16,64 and 32,64.
+// (benchmarks/results/cpu/stacked_pairs_v28.txt; PERFORMANCE.md, version 28), pairs against one
+// layer at a time: 1.1x-1.5x at 1,64 (once 0.91x), 1,256 and 2,64, 1.0x-1.3x at 4,64, a tie or a
+// small loss at 1,128 (0.87x-1.09x) and 1,512; from 512 units mixed or lost: 8,64 and 8,128 1.2x
+// in one run and 0.92x-1.02x in another, 16,64 and 32,64 0.94x-1.37x, 2,256 to 8,512
+// 0.83x-0.95x.
 constexpr int64_t kMaxWavefrontUnits = 256;
 
 bool runs_as_wavefront(const LayerShape& s) {
@@ -242,7 +245,8 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_c
     return std::nullopt;
 
   // On the helper thread (not torch's OpenMP worker: openmp_teammate.h) the upper layer's blocks
-  // ran 1.3x-1.5x slower than the caller's, and the pair gained nothing over one layer at a time.
+  // ran 1.3x-1.4x slower than the caller's lower ones (8,128), and the pairs lost: 0.90x-0.98x at
+  // 1,64, 16,64 and 8,128 (PERFORMANCE.md, version 28).
   if (!helper_part_on_a_team()) return std::nullopt;
 
   RECORD_FUNCTION("rnnkern::elman_layer_pair", std::vector<c10::IValue>());
