@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkern
 
@@ -93,6 +94,19 @@ def count_calls_of(monkeypatch, where, entry: str, keep=lambda args, result: Tru
 
     monkeypatch.setattr(where, "_C", CountingC())
     return calls
+
+
+class OperatorNames(TorchDispatchMode):
+    """The rnnkern operators dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith("rnnkern."):
+            self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def assert_close(actual, expected, tol, what=""):

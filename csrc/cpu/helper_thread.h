@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 
@@ -55,6 +56,45 @@ class HelperClock {
 
  private:
   std::atomic<int64_t> clock_{-1};
+};
+
+// A waiting caller's view of whether the thread running a hand-off's helper part is running, from
+// that thread's CPU-time clock (HelperClock): a preempted helper (a machine busy with other
+// programs) is noticed within one check, a few scheduler ticks' worth of nothing.
+class RunningWatch {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+  static constexpr auto kCheck = std::chrono::microseconds(20);
+
+  explicit RunningWatch(const HelperClock& clock) : clock_(clock) {}
+
+  // Whether the thread's clock has been read (it is published as the helper part starts).
+  bool known() const { return cpu_since_ >= 0; }
+
+  // False once, over a check of at least kCheck, the thread ran for less than half the time that
+  // passed; true otherwise, and while its clock is not known. Called with the steady clock's now.
+  bool running(TimePoint now) {
+    if (!known()) {
+      id_ = clock_.id();
+      cpu_since_ = thread_cpu_ns(id_);
+      since_ = now;
+      return true;
+    }
+    if (now - since_ < kCheck) return true;
+    const int64_t cpu = thread_cpu_ns(id_);
+    const int64_t passed =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now - since_).count();
+    if (cpu - cpu_since_ < passed / 2) return false;
+    since_ = now;
+    cpu_since_ = cpu;
+    return true;
+  }
+
+ private:
+  const HelperClock& clock_;
+  int64_t id_ = -1;
+  int64_t cpu_since_ = -1;  // the thread's CPU time at since_, -1 while not known
+  TimePoint since_;
 };
 
 // The steady clock's time in nanoseconds.

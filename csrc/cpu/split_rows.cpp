@@ -104,18 +104,14 @@ struct BlockResult {
   bool by_helper = false;
 };
 
-// How often a caller waiting for the helper checks that the helper is running (its CPU clock):
-// a few scheduler ticks' worth of nothing is then noticed within this.
-constexpr auto kRunningCheck = std::chrono::microseconds(20);
-
 // Waits while the helper is computing block j, its latest, and would finish it well before the
 // caller could compute it again:
 //   - not at all when, at the helper's own pace (over the block it finished last in this split,
 //     else at the caller's fastest block), and a quarter more, it would finish later than half of
 //     one of the caller's blocks from now;
-//   - else while the helper is running (its CPU time advances by at least half the time that
-//     passes, checked every kRunningCheck), for at most half of one of the caller's blocks.
-// A preempted helper (a busy machine) is so given up on within kRunningCheck, while a running one
+//   - else while the helper is running (RunningWatch: its CPU time advances by at least half the
+//     time that passes), for at most half of one of the caller's blocks.
+// A preempted helper (a busy machine) is so given up on within one check, while a running one
 // that is a little slower than its pace is waited for: computing its block again wastes its share
 // (with a fixed deadline at the caller's pace, the caller recomputed a block in a fifth of the
 // steps at batch 64, hidden 1024, whose helper blocks ran 5% to 15% slower than the caller's
@@ -129,21 +125,13 @@ void wait_a_block(const Split& split, int64_t j, Clock::duration block_time) {
   const auto due = claimed + pace + pace / 4;
   const auto start = Clock::now();
   if (due - start > block_time / 2) return;  // not worth waiting for
-  auto since = start;
-  const int64_t clock = split.helper_clock.id();
-  int64_t cpu_since = thread_cpu_ns(clock);
+  RunningWatch helper(split.helper_clock);
   for (int64_t spins = 1; split.blocks.in_progress(j); ++spins) {
     cpu_pause();
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
-    if (now - start > block_time / 2 || (cpu_since < 0 && now > due)) return;
-    if (cpu_since < 0 || now - since < kRunningCheck) continue;
-    const int64_t cpu = thread_cpu_ns(clock);
-    const int64_t passed =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
-    if (cpu - cpu_since < passed / 2) return;  // not running: preempted
-    since = now;
-    cpu_since = cpu;
+    if (now - start > block_time / 2 || (!helper.known() && now > due)) return;
+    if (!helper.running(now)) return;  // preempted
   }
 }
 

@@ -105,33 +105,17 @@ struct UpperLayer {
   HelperClock clock;
 };
 
-// Caller: waits while the helper computes block j and is running (its CPU time advances by at least
-// half the time that passes, checked every 20 us), for at most `limit`: a preempted helper (a busy
-// machine) is given up on within one check.
+// Caller: waits while the helper computes block j and is running (RunningWatch), for at most
+// `limit`: a preempted helper (a busy machine) is given up on within one check.
 template <typename T>
 void wait_while_running(const UpperLayer<T>& upper, int64_t j, Clock::duration limit) {
-  constexpr auto kRunningCheck = std::chrono::microseconds(20);
   const auto start = Clock::now();
-  auto since = start;
-  int64_t clock = -1, cpu_since = -1;
+  RunningWatch helper(upper.clock);
   for (int64_t spins = 1; upper.blocks.in_progress(j); ++spins) {
     cpu_pause();
     if (spins % 64 != 0) continue;
     const auto now = Clock::now();
-    if (now - start > limit) return;
-    if (cpu_since < 0) {  // the helper publishes its clock before it claims a block
-      clock = upper.clock.id();
-      cpu_since = thread_cpu_ns(clock);
-      since = now;
-      continue;
-    }
-    if (now - since < kRunningCheck) continue;
-    const int64_t cpu = thread_cpu_ns(clock);
-    const int64_t passed =
-        std::chrono::duration_cast<std::chrono::nanoseconds>(now - since).count();
-    if (cpu - cpu_since < passed / 2) return;  // not running: preempted
-    since = now;
-    cpu_since = cpu;
+    if (now - start > limit || !helper.running(now)) return;
   }
 }
 

@@ -18,11 +18,10 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkern
 from rnnkern import modules
-from tests.conftest import GRAD_TOL, TOL, assert_close, count_calls_of, rnn_pair
+from tests.conftest import GRAD_TOL, TOL, OperatorNames, assert_close, count_calls_of, rnn_pair
 
 I, H, N = 5, 6, 3
 
@@ -108,19 +107,6 @@ def test_direct_call_gives_the_python_path_s_bits(
     tols = [TOL[dtype]] * 2 + [GRAD_TOL[dtype]] * (len(expected) - 2)
     for name, a, b, tol in zip(names, direct, expected, tols, strict=True):
         assert_close(a, b, tol, name)
-
-
-class OperatorNames(TorchDispatchMode):
-    """The rnnkern operators dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith("rnnkern."):
-            self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,9 @@ import contextlib
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import rnnkern
-from tests.conftest import TOL, assert_close, rnn_pair
+from tests.conftest import TOL, OperatorNames, assert_close, rnn_pair
 
 _C = rnnkern._C
 
@@ -161,17 +160,6 @@ def test_without_a_team_of_two_layers_run_one_at_a_time(threads: int, mode: str)
         actual = infer(ours, x, hx)
         assert pair_calls() == before
     assert_bitwise(actual, expected, f"{threads} threads, {mode}")
-
-
-class OperatorNames(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith("rnnkern."):
-            self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 class Seen(torch.Tensor):
