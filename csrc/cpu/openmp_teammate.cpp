@@ -27,6 +27,14 @@ constexpr int64_t kBackOffNs = 500'000'000;
 // sleeps while on a team), far shorter than a scheduler time slice (milliseconds).
 constexpr int64_t kLongWaitNs = 50'000;
 
+// The least CPU time a team call's caller must have gone without (besides a tenth of the call) to
+// count as preempted: another program given the caller's core takes a scheduler time slice, a
+// millisecond or more, while a virtual machine's host takes tens of microseconds now and then, no
+// sign of another program on the cores. On the 2-vCPU VM here a caller that lost 31 us of a 265 us
+// call sent the next half second's calls, a thousand or more, to the helper thread (PERFORMANCE.md,
+// version 29).
+constexpr int64_t kMinLostNs = 500'000;
+
 std::atomic<int> mode{static_cast<int>(TeammateMode::kAuto)};
 std::atomic<int64_t> teams_allowed_from_ns{0};  // steady clock: the end of the latest back-off
 std::atomic<int64_t> teams{0};
@@ -94,7 +102,8 @@ void run_team(const std::function<void()>& helper_part,
   const bool waited_long =
       wait > kLongWaitNs && (worker_cpu_at_done < 0 || clock_at_done != worker_clock_seen ||
                              thread_cpu_ns(worker_clock_seen) - worker_cpu_at_done < wait / 2);
-  const bool caller_preempted = own_cpu_ns() - cpu_start < wall - wall / 10;
+  const int64_t lost = wall - (own_cpu_ns() - cpu_start);
+  const bool caller_preempted = lost > wall / 10 && lost >= kMinLostNs;
   if (waited_long || caller_preempted)
     teams_allowed_from_ns.store(end + kBackOffNs, std::memory_order_relaxed);
   if (error) std::rethrow_exception(error);

@@ -16,8 +16,8 @@
 // has preempted is waited for until it is scheduled again, milliseconds, and a worker spinning
 // after the call makes three busy threads on two cores, which slows the caller (version 10). So a
 // team call that waited long at its end for a worker that was not running, or during which the
-// caller itself did not get its core, sends the next half second's calls to the helper thread,
-// whose worst case is one thread's time.
+// caller itself did not get its core for a time slice, sends the next half second's calls to the
+// helper thread, whose worst case is one thread's time.
 //
 // Teams are used (kAuto) only where torch runs exactly two threads (a team of two in a larger pool
 // would end its other threads), outside any parallel region, and never in the child of a fork().
