@@ -330,7 +330,8 @@ struct ReverseBackward {
   Tensor dstate;
 };
 
-// The backward of a layer that ran forward on the cell kernel (short_on_cell_kernel), the same way:
+// The backward of a short layer (short_on_cell_kernel; its forward ran on the cell kernel too,
+// except at batch 1 with large weights: short_forward_on_cell_kernel), on the cell kernel:
 // every product reads the weights as they are stored, with no padded copy and no ATen GEMM, as
 // the cell operator's backward does. Per direction, in the reverse of processing order,
 //   dz_t = (dh + dy_t) * act'(h_t),   dh <- dz_t @ W_hh,

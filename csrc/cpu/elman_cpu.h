@@ -171,6 +171,22 @@ inline bool short_on_cell_kernel(const LayerShape& s) {
   return s.layout.total_rows <= kMaxCellKernelRows && s.layout.batch <= kMaxCellKernelBatch;
 }
 
+// The forward of such a layer, except at batch 1 with large weights: there the other paths make no
+// copy of W_hh (dot_form) and project the whole input in one GEMM on both cores, while the cell
+// kernel reads W_ih at every step on one core. From kMaxCellKernelWeights multiply-adds a step
+// ((I + H) x H), a batch-1 layer's forward takes the other paths; its backward stays on the cell
+// kernel (the other backward was slower there). Measured (PERFORMANCE.md, version 30), two
+// threads, against nn.RNN, inference on the cell kernel / on the other paths: 1,512,4 and
+// 1,512,16 (input 512) 0.80x-0.99x / 1.10x-1.47x, 1,1024,4 and 1,1024,16 0.35x-0.54x /
+// 0.48x-0.96x, 1,384,8 with input 1024 0.71x-0.76x / 1.27x-1.38x; below it, at 1,384 (input 384)
+// the two tie, and at 1,256,4 and 1,512,8 with input 64 the cell kernel is as fast or faster.
+constexpr int64_t kMaxCellKernelWeights = 3 << 17;
+inline bool short_forward_on_cell_kernel(const LayerShape& s) {
+  if (s.layout.batch == 1 && (s.input_size + s.hidden) * s.hidden > kMaxCellKernelWeights)
+    return false;
+  return short_on_cell_kernel(s);
+}
+
 // Whether a call runs single-threaded on its own thread, the helper thread being its parallelism
 // (on_caller_and_helper), read off an operator's arguments before they are checked (arguments that
 // fail the checks make it false or true, harmlessly: the checks come next). Its GEMMs are then

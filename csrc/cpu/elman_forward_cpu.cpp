@@ -227,7 +227,7 @@ void forward_loop(ForwardCall& c) {
   const LayerShape& s = c.shape;
   const SequenceLayout& L = s.layout;
   RNNKERN_DISPATCH_CPU_DTYPES(c.x.scalar_type(), "elman_layer_cpu", [&] {
-    if (short_on_cell_kernel(s)) {
+    if (short_forward_on_cell_kernel(s)) {
       forward_on_cell_kernel<scalar_t>(c);
       return;
     }
@@ -280,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> elman_layer_cpu(const at::Tensor& input, cons
   std::optional<SingleThreaded> single_threaded;
   if (single_threaded_call(hx)) single_threaded.emplace();
   return run_forward("rnnkern::elman_layer", c10::DeviceType::CPU, input, hx, weights, batch_sizes,
-                     relu, forward_loop, short_on_cell_kernel);
+                     relu, forward_loop, short_forward_on_cell_kernel);
 }
 
 }  // namespace rnnkern::cpu

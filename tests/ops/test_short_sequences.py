@@ -1,6 +1,7 @@
 """Short layers on the CPU: a layer call of few rows (steps x batch) at small batch runs step by step
 on the cell kernel, its weights read as stored, and longer or wider ones on the long-sequence paths
-(csrc/cpu/elman_cpu.h, short_on_cell_kernel). Both sides of that bound, against nn.RNN in float64:
+(csrc/cpu/elman_cpu.h, short_on_cell_kernel; at batch 1 with large weights only the backward:
+short_forward_on_cell_kernel). Both sides of that bound, against nn.RNN in float64:
 the output, h_n, every gradient together and each gradient alone (the backward computes only what
 autograd asks for), dense and packed, one direction and two; and gradcheck on the cell kernel."""
 
@@ -57,12 +58,36 @@ def run_both(reference, weights, x, h0, nonlinearity, lengths=None):
 @pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False)])
 def test_short_layer_matches_nn_rnn(steps, batch, bidirectional, packed, nonlinearity, bias):
     reference, weights = layer_and_reference(bidirectional, nonlinearity, bias)
-    directions = 2 if bidirectional else 1
-    x = torch.randn(steps, batch, 5, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(directions, batch, 13, dtype=torch.float64, requires_grad=True)
     lengths = None
     if packed:  # sorted lengths from `steps` down, so that rows leave at different steps
         lengths = torch.tensor([max(steps - i, 1) for i in range(batch)])
+    assert_matches_nn_rnn(reference, weights, steps, batch, nonlinearity, lengths)
+
+
+# Batch 1 with weights of more than 3 x 2^17 multiply-adds a step ((input + hidden) x hidden): a
+# short layer's forward takes the long-sequence paths (short_forward_on_cell_kernel), its backward
+# stays on the cell kernel.
+@pytest.mark.parametrize("steps", [1, 4, MAX_ROWS], ids=lambda v: f"{v} steps")
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False)])
+def test_short_layer_with_large_weights_at_batch_1_matches_nn_rnn(
+    steps, bidirectional, nonlinearity, bias
+):
+    reference, weights = layer_and_reference(
+        bidirectional, nonlinearity, bias, input_size=512, hidden=450
+    )
+    assert (512 + 450) * 450 > 3 << 17
+    assert_matches_nn_rnn(reference, weights, steps, 1, nonlinearity, None)
+
+
+def assert_matches_nn_rnn(reference, weights, steps, batch, nonlinearity, lengths):
+    """rnnkern.elman_layer's output, h_n and gradients (all together, and each alone) against
+    nn.RNN's, in float64, on random inputs."""
+    directions = 2 if reference.bidirectional else 1
+    x = torch.randn(steps, batch, reference.input_size, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(
+        directions, batch, reference.hidden_size, dtype=torch.float64, requires_grad=True
+    )
     (out_t, hn_t), (out_o, hn_o) = run_both(reference, weights, x, h0, nonlinearity, lengths)
     assert_close(out_o, out_t, TOL[torch.float64], "output")
     assert_close(hn_o, hn_t, TOL[torch.float64], "h_n")
