@@ -142,7 +142,8 @@ PYBIND11_MODULE(_C, module) {
         return std::make_pair(rnnkern::cpu::kMaxCellKernelRows, rnnkern::cpu::kMaxCellKernelBatch);
       },
       "(rows, batch): the largest layer call, in rows in all (steps x batch) and rows a step, that "
-      "the CPU runs step by step on the cell kernel rather than on the long-sequence paths.");
+      "the CPU runs step by step on the cell kernel rather than on the long-sequence paths (at "
+      "batch 1 its forward only while (input + hidden) x hidden <= 3 x 2^17).");
   module.def(
       "helper_parts_taken_back", [] { return rnnkern::cpu::parts_taken_back.load(); },
       "How many steps' helper parts of a shared recurrence callers took back in this process.");

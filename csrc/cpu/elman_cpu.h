@@ -172,14 +172,14 @@ inline bool short_on_cell_kernel(const LayerShape& s) {
 }
 
 // The forward of such a layer, except at batch 1 with large weights: there the other paths make no
-// copy of W_hh (dot_form) and project the whole input in one GEMM on both cores, while the cell
-// kernel reads W_ih at every step on one core. From kMaxCellKernelWeights multiply-adds a step
-// ((I + H) x H), a batch-1 layer's forward takes the other paths; its backward stays on the cell
-// kernel (the other backward was slower there). Measured (PERFORMANCE.md, version 30), two
-// threads, against nn.RNN, inference on the cell kernel / on the other paths: 1,512,4 and
-// 1,512,16 (input 512) 0.80x-0.99x / 1.10x-1.47x, 1,1024,4 and 1,1024,16 0.35x-0.54x /
-// 0.48x-0.96x, 1,384,8 with input 1024 0.71x-0.76x / 1.27x-1.38x; below it, at 1,384 (input 384)
-// the two tie, and at 1,256,4 and 1,512,8 with input 64 the cell kernel is as fast or faster.
+// copy of W_hh (dot_form, from hidden 256) and read W_ih once, in one projection GEMM (shared with
+// the helper where it is large enough), while the cell kernel reads W_ih at every step on one
+// core. From kMaxCellKernelWeights multiply-adds a step ((I + H) x H), a batch-1 layer's forward
+// takes the other paths; its backward stays on the cell kernel (the other backward was slower
+// there). Measured (PERFORMANCE.md, version 30), two threads, inference against nn.RNN, the cell
+// kernel / the other paths: 1,512,4 and 1,512,16 (input 512) 0.77x-0.97x / 1.24x-1.47x,
+// 1,1024,4 and 1,1024,16 0.36x-0.55x / 0.93x-0.97x; 1,384,8 with input 1024 0.73x-0.75x /
+// 1.30x-1.31x; below it, 1,384 (input 384) a tie, 1,256,4 2.2x-2.5x / 1.9x.
 constexpr int64_t kMaxCellKernelWeights = 3 << 17;
 inline bool short_forward_on_cell_kernel(const LayerShape& s) {
   if (s.layout.batch == 1 && (s.input_size + s.hidden) * s.hidden > kMaxCellKernelWeights)

@@ -31,8 +31,8 @@ constexpr int64_t kLongWaitNs = 50'000;
 // count as preempted: another program given the caller's core takes a scheduler time slice, a
 // millisecond or more, while a virtual machine's host takes tens of microseconds now and then, no
 // sign of another program on the cores. On the 2-vCPU VM here a caller that lost 31 us of a 265 us
-// call sent the next half second's calls, a thousand or more, to the helper thread (PERFORMANCE.md,
-// version 29).
+// call sent the next half second's calls (about 2,000 at 224 us a call) to the helper thread
+// (PERFORMANCE.md, version 29).
 constexpr int64_t kMinLostNs = 500'000;
 
 std::atomic<int> mode{static_cast<int>(TeammateMode::kAuto)};

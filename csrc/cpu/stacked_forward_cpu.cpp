@@ -209,8 +209,8 @@ LayerShape dense_shape(int64_t steps, int64_t batch, int64_t input_size, int64_t
 constexpr int64_t kMaxWavefrontUnits = 256;
 
 bool runs_as_wavefront(const LayerShape& s) {
-  return s.directions == 1 && pipelined(s) && !short_on_cell_kernel(s) && !shares_steps(s) &&
-         s.layout.batch * s.hidden <= kMaxWavefrontUnits;
+  return s.directions == 1 && pipelined(s) && !short_forward_on_cell_kernel(s) &&
+         !shares_steps(s) && s.layout.batch * s.hidden <= kMaxWavefrontUnits;
 }
 
 std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> elman_layer_pair_cpu(

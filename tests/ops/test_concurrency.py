@@ -74,8 +74,9 @@ CONFIGS: dict[str, tuple[dict, int, int, torch.dtype]] = {
         torch.float32,
     ),
     # batch 1, few steps, large weights: the forward on the long-sequence paths (its projection
-    # in row blocks shared with the helper), the backward on the cell kernel
-    "short_batch_1_large_weights": (dict(input_size=512, hidden_size=450), 8, 1, torch.float32),
+    # in four row blocks shared with the helper, each step's units in two parts), the backward on
+    # the cell kernel
+    "short_batch_1_large_weights": (dict(input_size=1024, hidden_size=1024), 16, 1, torch.float32),
     # one direction, small batch, hidden >= 768: each step's units in two parts, the second on
     # the helper (csrc/cpu/shared_steps.h)
     "shared_steps": (dict(input_size=16, hidden_size=800), 24, 2, torch.float32),
