@@ -123,6 +123,12 @@ inline int64_t steps_per_block(int64_t steps) {
 }
 inline int64_t steps_per_block(const LayerShape& s) { return steps_per_block(s.layout.steps); }
 
+// The rows of block j of a pipelined layer of S steps a block: steps [j S, (j + 1) S), as (first
+// row, rows).
+inline std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t S, int64_t j) {
+  return L.rows_of_steps(j * S, std::min(L.steps, (j + 1) * S));
+}
+
 // The least projection work (multiply-adds) of a block of a short pipelined sequence (fewer than
 // four blocks of 32 steps): below it, four GEMMs cost more than one on a single thread (8%-20% at
 // batch 8, hidden 128, 48 steps), and such a layer shares its one projection GEMM with the helper

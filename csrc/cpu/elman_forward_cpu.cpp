@@ -51,7 +51,7 @@ struct ProjectionAhead {
   // Helper: computes blocks into its slots until there are none left.
   void help() {
     for (int64_t j = blocks.claim(); j >= 0; j = blocks.claim()) {
-      const auto [first, rows] = rows_of(j);
+      const auto [first, rows] = block_rows(layout, steps_per_block, j);
       projection.into(first, rows, slot(j));
       blocks.finish(j);
     }
@@ -59,7 +59,7 @@ struct ProjectionAhead {
 
   // Caller: block j's projection into out (N, H), from the helper's slot or computed here.
   void fill(int64_t j, T* out) {
-    const auto [first, rows] = rows_of(j);
+    const auto [first, rows] = block_rows(layout, steps_per_block, j);
     T* dest = out + first * projection.hidden();
     if (blocks.take(j))
       std::memcpy(dest, slot(j), rows * projection.hidden() * sizeof(T));
@@ -74,10 +74,6 @@ struct ProjectionAhead {
   SharedBlocks blocks;
 
  private:
-  std::pair<int64_t, int64_t> rows_of(int64_t j) const {
-    const int64_t S = steps_per_block, steps = layout.steps;
-    return layout.rows_of_steps(j * S, std::min(steps, (j + 1) * S));
-  }
   T* slot(int64_t j) {
     return slots.data_ptr<T>() +
            blocks.slot(j) * steps_per_block * layout.batch * projection.hidden();

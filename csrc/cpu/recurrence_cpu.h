@@ -124,7 +124,7 @@ struct DirectionLoop {
 // The forward steps of one direction at register batch, one at a time, in any order the caller
 // keeps (visited_step's): W_hh as stored for the batch-1 dot form, else its transposed, padded copy
 // for the row-blocked kernel, made once. Only reads itself, so that two threads may run steps of
-// two sequences with one (stacked_forward_cpu.cpp).
+// two sequences with one (stacked_forward_cpu.cpp), or two parts of one step (shared_steps.h).
 template <typename T>
 struct RegisterSteps {
   explicit RegisterSteps(const DirectionLoop<T>& p)
@@ -141,15 +141,22 @@ struct RegisterSteps {
   // Step t: y_t = act(y_t + h_{t-1} @ W_hh^T) in y_cols' rows of step t, which hold the
   // projection on entry; `state` (B, H) holds h_{t-1} on entry and h_t (for step t's rows) on exit.
   void step(const SequenceLayout& L, int64_t t, const Columns<T>& y_cols, T* state) const {
-    const int64_t H = hidden;
     T* y = y_cols.row(L.offset[t]);
-    if (dot)
-      dot_step(k, act, state, H, w.template data_ptr<T>(), H, y);
-    else
-      k.rows_times_matrix(Epilogue::kAddActivate, act, L.rows[t], state, H, H, wt.data(), wt_stride,
-                          H, y, y_cols.ld);
+    units(L.rows[t], state, 0, hidden, y, y_cols.ld);
     for (int64_t r = 0; r < L.rows[t]; ++r)
-      std::memcpy(state + r * H, y + r * y_cols.ld, H * sizeof(T));
+      std::memcpy(state + r * hidden, y + r * y_cols.ld, hidden * sizeof(T));
+  }
+
+  // Units [first, first + n) of one step of `rows` rows from h (rows, H), the previous state: dest
+  // (rows of dest_stride) holds their projection on entry and act(dest + h @ W_hh^T) on exit.
+  void units(int64_t rows, const T* h, int64_t first, int64_t n, T* dest,
+             int64_t dest_stride) const {
+    if (dot) {  // one row
+      dot_step(k, act, h, hidden, w.template data_ptr<T>() + first * hidden, n, dest);
+      return;
+    }
+    k.rows_times_matrix(Epilogue::kAddActivate, act, rows, h, hidden, hidden, wt.data() + first,
+                        wt_stride, n, dest, dest_stride);
   }
 
  private:

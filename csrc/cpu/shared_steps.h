@@ -33,7 +33,6 @@
 
 #include "../layer/layer_args.h"
 #include "helper_thread.h"
-#include "kernels.h"
 #include "openmp_teammate.h"
 #include "recurrence_cpu.h"
 #include "step_blocks.h"
@@ -65,17 +64,11 @@ template <typename T>
 struct SharedSteps {
   // The helper's part starts at `split`, a multiple of 16 units (64 bytes of float) near H / 2.
   SharedSteps(const DirectionLoop<T>& p, const at::Tensor& out_, const at::Tensor& h0)
-      : k(p.kernels),
-        act(p.act),
-        steps(p.layout.steps),
+      : steps(p.layout.steps),
         rows(p.layout.batch),
         H(p.hidden()),
         split(std::min(H - 1, (H / 2 + 15) / 16 * 16)),
-        w(p.w_hh.contiguous()),
-        dot(dot_form(p.layout, H)),
-        wt(dot ? std::vector<T>()
-               : padded_matrix(w.template data_ptr<T>(), H, H, k.width, /*transpose=*/true)),
-        wt_stride(padded(H, k.width)),
+        register_steps(p),
         out(out_),
         y(p.template columns<T>(out_)),
         offset(p.layout.offset) {
@@ -162,12 +155,7 @@ struct SharedSteps {
   // Units [first, first + n) of step t: dest (rows of dest_stride) holds their projection on
   // entry and h_t on exit. At batch 1 as dot products of W_hh's rows (recurrence_cpu.h, dot_form).
   void units(int64_t t, int64_t first, int64_t n, T* dest, int64_t dest_stride) const {
-    if (dot) {
-      dot_step(k, act, previous(t), H, w.template data_ptr<T>() + first * H, n, dest);
-      return;
-    }
-    k.rows_times_matrix(Epilogue::kAddActivate, act, rows, previous(t), H, H, wt.data() + first,
-                        wt_stride, n, dest, dest_stride);
+    register_steps.units(rows, previous(t), first, n, dest, dest_stride);
   }
 
   // What became of the helper's part of a step.
@@ -178,17 +166,14 @@ struct SharedSteps {
   };
 
   // Caller: the helper's part of step t, waited for while the helper computes it, for at most
-  // `budget` (twice the caller's fastest part, and kSlack), checking every kRunningCheck that its
-  // CPU time advances (a preempted helper is given up on at once). A helper that was not on step t
+  // `budget` (twice the caller's fastest part, and kSlack), while it runs (RunningWatch: a
+  // preempted helper is given up on within one check). A helper that was not on step t
   // is not waited for at all: it may be asleep (0.7-0.9 ms to wake: helper_thread.cpp), and it
   // joins at a later step.
   Outcome helper_part_of(int64_t t, std::chrono::nanoseconds budget) {
     using Clock = std::chrono::steady_clock;
-    constexpr auto kRunningCheck = std::chrono::microseconds(20);
     const auto start = Clock::now();
-    auto checked = start;
-    const int64_t clock = helper_clock.id();
-    int64_t cpu = thread_cpu_ns(clock);
+    RunningWatch helper(helper_clock);
     bool give_up = helper_on.load(std::memory_order_acquire) != t;
     for (int64_t spins = 1;; ++spins) {
       int64_t seen = resolved.load(std::memory_order_acquire);
@@ -202,13 +187,7 @@ struct SharedSteps {
       cpu_pause();
       if (spins % 16 != 0) continue;
       const auto now = Clock::now();
-      give_up = now - start > budget;
-      if (!give_up && now - checked > kRunningCheck) {
-        const int64_t cpu_now = thread_cpu_ns(clock);  // -1 where unknown: then the budget alone
-        give_up = cpu >= 0 && cpu_now - cpu < (now - checked).count() / 2;
-        cpu = cpu_now;
-        checked = now;
-      }
+      give_up = now - start > budget || !helper.running(now);
     }
   }
 
@@ -218,13 +197,8 @@ struct SharedSteps {
   // Steps taken back after which the caller stops waiting for the helper in a call.
   static constexpr int64_t kMaxTakeBacks = 3;
 
-  const Kernels<T>& k;
-  const Activation act;
   const int64_t steps, rows, H, split;
-  const at::Tensor w;       // W_hh (H, H), contiguous
-  const bool dot;           // batch 1: each part as dot products of w's rows (dot_step)
-  const std::vector<T> wt;  // W_hh^T, padded rows (above batch 1)
-  const int64_t wt_stride;
+  const RegisterSteps<T> register_steps;  // W_hh in the kernel's form, and its kernel
   const at::Tensor out;  // the call's output: its handle keeps y's memory alive for the helper
   const Columns<T> y;    // the output's rows: the projection on entry, h_t on exit
   const std::vector<int64_t> offset;

@@ -38,11 +38,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The rows of block j: steps [j S, (j + 1) S).
-std::pair<int64_t, int64_t> block_rows(const SequenceLayout& L, int64_t S, int64_t j) {
-  return L.rows_of_steps(j * S, std::min(L.steps, (j + 1) * S));
-}
-
 // The upper layer as the helper computes it, shared with the helper's task (which may outlive the
 // call): its own copies of what it reads (the upper call's projection operands, whose input is a
 // view of the lower layer's output; W_hh), a handle to the output it writes its blocks into, and
@@ -61,8 +56,8 @@ struct UpperLayer {
         steps_per_block(cpu::steps_per_block(c.shape)),
         hidden(c.shape.hidden),
         projection(c),
-        steps(DirectionLoop<T>{kernels<T>(), layout, /*reverse=*/false, activation(c.relu),
-                               weight_hh(c.weights, c.shape, 0).alias(), 0, StepSplit::kWhole}),
+        steps(direction_loop<T>(c.shape, 0, c.relu, weight_hh(c.weights, c.shape, 0).alias(),
+                                StepSplit::kWhole)),
         blocks(block_count(layout.steps, steps_per_block),
                block_count(layout.steps, steps_per_block)),
         out(c.out),
